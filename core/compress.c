@@ -127,8 +127,8 @@ ssize_t decompress_bounded(enum decompress_kind kind, const void *in, size_t in_
     switch (kind) {
     case DECOMPRESS_DEFLATE_RAW:
         /* qcow2 writers deflate with a 4 KiB window (windowBits -12) and
-         * QEMU reads with the same; a stream reaching further back is one
-         * QEMU refuses too, so we agree with it. */
+         * QEMU inflates with the same.  Since the whole output is one
+         * buffer, zlib still follows distances past 4 KiB, as QEMU does. */
         return inflate_bounded(-12, in, in_len, out, out_len);
     case DECOMPRESS_ZLIB:
         return inflate_bounded(MAX_WBITS, in, in_len, out, out_len);
