@@ -233,6 +233,7 @@ static void set_geometry(struct qcow2 *q)
     q->geom.cluster_bits = h->cluster_bits;
     q->geom.extended_l2 = h->incompatible & QCOW2_INCOMPAT_EXTL2;
     q->geom.data_file = h->incompatible & QCOW2_INCOMPAT_DATA_FILE;
+    q->geom.v2 = h->version == 2;
     q->cluster_size = 1u << h->cluster_bits;
     q->entry_bytes = q->geom.extended_l2 ? 16 : 8;
     q->l2_bits = h->cluster_bits - (q->geom.extended_l2 ? 4 : 3);

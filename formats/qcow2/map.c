@@ -29,12 +29,16 @@ void qcow2_decode_compressed(unsigned cluster_bits, uint64_t entry,
 }
 
 static int decode_standard(const struct qcow2_geom *g, uint64_t entry, uint64_t host,
-                           bool allocated, struct qcow2_mapping *m)
+                           bool allocated, struct qcow2_mapping *m, const char **why)
 {
-    (void)g;
-    /* QEMU honours the zero flag in v2 images too; so do we, to read alike. */
-    if (entry & QCOW2_OFLAG_ZERO)
+    if (entry & QCOW2_OFLAG_ZERO) {
+        /* Version 2 has no zero flag: QEMU calls such an entry corrupt. */
+        if (g->v2) {
+            *why = "has the zero flag, which version 2 images do not have";
+            return -EIO;
+        }
         m->type = QCOW2_ZERO;
+    }
     else if (!allocated)
         m->type = QCOW2_UNALLOCATED;
     else {
@@ -92,7 +96,7 @@ int qcow2_decode_l2(const struct qcow2_geom *g, uint64_t entry, uint64_t bitmap,
     }
     if (g->extended_l2)
         return decode_extended(g, host, allocated, bitmap, sub, m, why);
-    return decode_standard(g, entry, host, allocated, m);
+    return decode_standard(g, entry, host, allocated, m, why);
 }
 
 /* ---- file size ---- */

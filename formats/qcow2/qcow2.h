@@ -73,6 +73,7 @@ struct qcow2_geom {
     unsigned cluster_bits;
     bool extended_l2;       /* 128-bit L2 entries with subcluster bitmaps */
     bool data_file;         /* external data file: host offset 0 is legal */
+    bool v2;                /* version 2: no zero flag yet */
 };
 
 /* What one (sub)cluster is, from this layer's point of view. */

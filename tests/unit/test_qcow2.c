@@ -206,6 +206,11 @@ Test(qcow2_decode, zero_entries)
 {
     cr_assert_eq(decode_ok(&g16, 1, 0, 0).type, QCOW2_ZERO);
     cr_assert_eq(decode_ok(&g16, 0x8000000000050001ull, 0, 0).type, QCOW2_ZERO);
+    /* Version 2 has no zero flag; QEMU calls the entry corrupt. */
+    const struct qcow2_geom gv2 = { .cluster_bits = 16, .v2 = true };
+    decode_bad(&gv2, 1, 0, 0);
+    decode_bad(&gv2, 0x8000000000050001ull, 0, 0);
+    cr_assert_eq(decode_ok(&gv2, 0x8000000000050000ull, 0, 0).type, QCOW2_NORMAL);
 }
 
 Test(qcow2_decode, unaligned_host_offset_refused)
