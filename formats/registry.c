@@ -1,9 +1,11 @@
 /* Every driver, in probe order.  The only place that names them all. */
 #include "core/format.h"
 
+extern const struct img_format img_format_qcow2;
 extern const struct img_format img_format_raw;
 
 const struct img_format *const img_formats[] = {
+    &img_format_qcow2,
     &img_format_raw,
     NULL,
 };
