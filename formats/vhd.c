@@ -1,0 +1,554 @@
+/* vpc: Microsoft Virtual Hard Disk (VHD), read side; named "vpc" as qemu-img
+ * names it.
+ *
+ * Big-endian throughout.  A 512-byte footer "conectix" closes the file; a
+ * dynamic or differencing disk also keeps a copy at offset 0, followed by a
+ * "cxsparse" dynamic header and the block allocation table (BAT, one u32
+ * sector number per block).  Each allocated block is a sector bitmap
+ * (block_size/512 bits rounded up to whole sectors) followed by the data.
+ * The BAT (and, for differencing disks, the sector bitmaps) is loaded at
+ * open and never changes, so map() needs no lock.
+ *
+ * Behaviour follows qemu 7.2 (block/vpc.c), our oracle:
+ *  - the footer at offset 0 decides dynamic/differencing; without it, the
+ *    footer at the end of the file must describe a fixed disk (also the
+ *    511-byte footer of old Virtual PC versions, which qemu does not read);
+ *  - a wrong footer checksum is refused ("Incorrect header checksum");
+ *  - virtual size: CHS product, except current_size for creators that size
+ *    by it (Hyper-V "win ", "qem2", disk2vhd "d2v ", XenConverter "CTXS",
+ *    XenServer "tap\0") and for the maximal CHS geometry;
+ *  - an allocated block of a dynamic disk is DATA for its whole length:
+ *    qemu reads the block without looking at its bitmap, and so do we.
+ * Differencing disks (type 4): the sector bitmap decides, sector by sector,
+ * whether this layer or the parent answers.  The parent is looked up by the
+ * relative locator (W2ru), then by the file name of the absolute locator
+ * (W2ku) and of the recorded parent name, in the image's folder, and its
+ * UUID must match.  When no parent is found the disk opens alone, as qemu
+ * 7.2 opens it (qemu ignores the parent entirely): what the parent would
+ * answer reads as zeros. */
+#include "core/format.h"
+#include "core/bytes.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define VHD_FOOTER_SIZE      512
+#define VHD_OLD_FOOTER_SIZE  511       /* Virtual PC before 2004 */
+#define VHD_DYNHDR_SIZE      1024
+#define VHD_DYNHDR_MIN       40        /* up to block_size: what we must have */
+#define VHD_SECTOR           512u
+#define VHD_TYPE_FIXED       2
+#define VHD_TYPE_DYNAMIC     3
+#define VHD_TYPE_DIFF        4
+#define VHD_BAT_UNUSED       0xffffffffu
+#define VHD_MAX_SECTORS      0xff000000ull            /* qemu: 2040 GiB */
+#define VHD_MAX_GEOMETRY     (65535ull * 16 * 255)
+/* qemu: the BAT is read in one go whose size must fit in an int. */
+#define VHD_MAX_BAT_ENTRIES  (INT_MAX / 4)
+#define VHD_MAX_LOCATOR      4096      /* bytes of a parent path we accept */
+
+#define PLAT_W2RU 0x57327275u   /* "W2ru": relative Windows path, UTF-16LE */
+#define PLAT_W2KU 0x57326b75u   /* "W2ku": absolute Windows path, UTF-16LE */
+
+struct vhd_footer {
+    uint64_t data_offset, current_size;
+    uint32_t disk_type, checksum;
+    uint16_t cyls;
+    uint8_t heads, secs;
+    char creator_app[4];
+    uint8_t uuid[16];
+};
+
+struct vhd {
+    uint32_t type;
+    uint32_t block_size;
+    uint32_t bitmap_bytes;     /* on disk, before each block's data */
+    uint32_t n_bat;
+    uint32_t *bat;
+    /* Differencing disks only: the sector bitmap of each allocated block,
+     * `stride` bytes each, at slot[i] * stride; slot is -1u when the block
+     * is unallocated. */
+    uint8_t *bitmaps;
+    uint32_t *slot;
+    size_t stride;
+};
+
+static int vhd_probe(const uint8_t *head, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 8 && memcmp(head, "conectix", 8) == 0 ? 100 : 0;
+}
+
+/* One's complement of the byte sum, the checksum field counted as zero. */
+static uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t field)
+{
+    uint32_t sum = 0;
+    for (size_t i = 0; i < len; i++)
+        if (i < field || i >= field + 4)
+            sum += buf[i];
+    return ~sum;
+}
+
+static void vhd_decode_footer(const uint8_t *b, struct vhd_footer *f)
+{
+    f->data_offset = get_be64(b + 16);
+    memcpy(f->creator_app, b + 28, 4);
+    f->current_size = get_be64(b + 48);
+    f->cyls = get_be16(b + 56);
+    f->heads = b[58];
+    f->secs = b[59];
+    f->disk_type = get_be32(b + 60);
+    f->checksum = get_be32(b + 64);
+    memcpy(f->uuid, b + 68, 16);
+}
+
+/* qemu 7.2's rule (vpc_open): Virtual PC sizes a disk by its geometry, the
+ * tools listed here by current_size. */
+static uint64_t vhd_virtual_sectors(const struct vhd_footer *f)
+{
+    static const char by_size[][4] = { "win ", "qem2", "d2v ", "CTXS", { 't', 'a', 'p', 0 } };
+    uint64_t chs = (uint64_t)f->cyls * f->heads * f->secs;
+    bool use_chs = true;
+    for (size_t i = 0; i < sizeof(by_size) / sizeof(by_size[0]); i++)
+        if (memcmp(f->creator_app, by_size[i], 4) == 0)
+            use_chs = false;
+    if (!use_chs || chs == VHD_MAX_GEOMETRY)
+        return f->current_size / VHD_SECTOR;
+    return chs;
+}
+
+/* Find and read the footer: at offset 0 for dynamic and differencing disks,
+ * else at the end of the file (fixed).  Sets *footer_len for fixed disks. */
+static int vhd_read_footer(struct img *img, uint64_t fsize, uint8_t *buf, size_t *footer_len)
+{
+    if (fsize < VHD_OLD_FOOTER_SIZE)
+        return img_error(img, EINVAL, "file too small for a VHD footer (%llu bytes)",
+                         (unsigned long long)fsize);
+    *footer_len = 0;
+    memset(buf, 0, VHD_FOOTER_SIZE);
+    int r = img_pread(img, img->fd, buf, VHD_FOOTER_SIZE < fsize ? VHD_FOOTER_SIZE : fsize, 0,
+                      "VHD footer");
+    if (r < 0 || memcmp(buf, "conectix", 8) == 0)
+        return r;
+    size_t lens[] = { VHD_FOOTER_SIZE, VHD_OLD_FOOTER_SIZE };
+    for (size_t i = 0; i < 2; i++) {
+        if (fsize < lens[i])
+            continue;
+        memset(buf, 0, VHD_FOOTER_SIZE);
+        r = img_pread(img, img->fd, buf, lens[i], fsize - lens[i], "VHD footer");
+        if (r < 0)
+            return r;
+        if (memcmp(buf, "conectix", 8) == 0) {
+            *footer_len = lens[i];
+            return 0;
+        }
+    }
+    return img_error(img, EINVAL, "not a VHD image (no \"conectix\" footer at the start or "
+                     "the end)");
+}
+
+static int vhd_check_footer(struct img *img, const uint8_t *buf, const struct vhd_footer *f,
+                            size_t footer_len)
+{
+    if (vhd_checksum(buf, VHD_FOOTER_SIZE, 64) != f->checksum)
+        return img_error(img, EINVAL, "Incorrect header checksum: footer says 0x%08x, bytes "
+                         "sum to 0x%08x", f->checksum, vhd_checksum(buf, VHD_FOOTER_SIZE, 64));
+    if (footer_len && f->disk_type != VHD_TYPE_FIXED)
+        return img_error(img, EINVAL, "footer at the end of the file has disk type %u but "
+                         "there is no footer copy at offset 0 (only fixed disks lack it)",
+                         f->disk_type);
+    if (!footer_len && f->disk_type != VHD_TYPE_DYNAMIC && f->disk_type != VHD_TYPE_DIFF)
+        return img_error(img, ENOTSUP, "disk type %u not supported (2 fixed, 3 dynamic, "
+                         "4 differencing)", f->disk_type);
+    return 0;
+}
+
+/* ---- dynamic header, BAT, bitmaps ---- */
+
+static int vhd_check_geometry(struct img *img, struct vhd *s, uint32_t max_entries)
+{
+    uint32_t bs = s->block_size;
+    if (bs < VHD_SECTOR || (bs & (bs - 1)))
+        return img_error(img, EINVAL, "Invalid block size %u (must be a power of two >= 512)",
+                         bs);
+    if (img->size / bs > 0xffffffffull)
+        return img_error(img, EINVAL, "too many blocks: %llu", (unsigned long long)(img->size / bs));
+    if ((uint64_t)max_entries * bs < img->size)
+        return img_error(img, EINVAL, "BAT of %u entries of %u bytes does not cover the virtual "
+                         "size %llu", max_entries, bs, (unsigned long long)img->size);
+    if (max_entries > VHD_MAX_BAT_ENTRIES)
+        return img_error(img, EINVAL, "max table entries %u too large (max %u)", max_entries,
+                         VHD_MAX_BAT_ENTRIES);
+    /* Spec: one bit per sector, rounded up to whole sectors.  (qemu rounds
+     * block_size/4096 instead, which differs only below 4 KiB blocks.) */
+    uint64_t bits = bs / VHD_SECTOR;
+    s->bitmap_bytes = (uint32_t)(((bits + 7) / 8 + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR);
+    return 0;
+}
+
+static int vhd_load_bat(struct img *img, struct vhd *s, uint64_t table_offset, uint64_t fsize)
+{
+    uint64_t bytes = (uint64_t)s->n_bat * 4;
+    if (table_offset > fsize || bytes > fsize - table_offset)
+        return img_error(img, EINVAL, "BAT (%u entries at 0x%llx) lies past the end of the file",
+                         s->n_bat, (unsigned long long)table_offset);
+    if (s->n_bat == 0)
+        return 0;
+    uint8_t *raw = malloc(bytes);
+    s->bat = malloc(bytes);
+    if (!raw || !s->bat) {
+        free(raw);
+        return img_error(img, ENOMEM, "cannot allocate the BAT (%u entries)", s->n_bat);
+    }
+    int r = img_pread(img, img->fd, raw, bytes, table_offset, "BAT");
+    for (uint32_t i = 0; r == 0 && i < s->n_bat; i++)
+        s->bat[i] = get_be32(raw + 4 * (size_t)i);
+    free(raw);
+    for (uint32_t i = 0; r == 0 && i < s->n_bat; i++) {
+        if (s->bat[i] == VHD_BAT_UNUSED)
+            continue;
+        uint64_t end = (uint64_t)s->bat[i] * VHD_SECTOR + s->bitmap_bytes + s->block_size;
+        if (end > fsize)
+            r = img_error(img, EINVAL, "BAT entry %u (sector %u) points past the end of the "
+                          "file", i, s->bat[i]);
+    }
+    return r;
+}
+
+/* Differencing disks: keep each allocated block's sector bitmap.  Their
+ * total is bounded by the file size (each is a part of it), unless BAT
+ * entries repeat, which we refuse past that bound. */
+static int vhd_load_bitmaps(struct img *img, struct vhd *s, uint64_t fsize)
+{
+    uint32_t n_alloc = 0;
+    for (uint32_t i = 0; i < s->n_bat; i++)
+        n_alloc += s->bat[i] != VHD_BAT_UNUSED;
+    s->stride = (s->block_size / VHD_SECTOR + 7) / 8;
+    if ((uint64_t)n_alloc * s->stride > fsize)
+        return img_error(img, EINVAL, "sector bitmaps (%u blocks) larger than the file: "
+                         "BAT entries repeat", n_alloc);
+    s->slot = malloc((size_t)s->n_bat * sizeof(*s->slot) + 1);
+    s->bitmaps = malloc((size_t)n_alloc * s->stride + 1);
+    if (!s->slot || !s->bitmaps)
+        return img_error(img, ENOMEM, "cannot allocate the sector bitmaps");
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < s->n_bat; i++) {
+        s->slot[i] = VHD_BAT_UNUSED;
+        if (s->bat[i] == VHD_BAT_UNUSED)
+            continue;
+        int r = img_pread(img, img->fd, s->bitmaps + (size_t)k * s->stride, s->stride,
+                          (uint64_t)s->bat[i] * VHD_SECTOR, "sector bitmap");
+        if (r < 0)
+            return r;
+        s->slot[i] = k++;
+    }
+    return 0;
+}
+
+/* ---- differencing: the parent's name ---- */
+
+/* UTF-16 (LE or BE) to UTF-8, up to the first NUL.  Returns a malloc'd
+ * string, or NULL when the text is not valid UTF-16. */
+static char *utf16_to_utf8(const uint8_t *p, size_t nbytes, bool big_endian)
+{
+    size_t units = nbytes / 2;
+    char *out = malloc(units * 3 + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < units; i++) {
+        uint32_t c = big_endian ? get_be16(p + 2 * i) : get_le16(p + 2 * i);
+        if (c == 0)
+            break;
+        if (c >= 0xdc00 && c < 0xe000)
+            goto bad;
+        if (c >= 0xd800 && c < 0xdc00) {
+            if (i + 1 >= units)
+                goto bad;
+            uint32_t lo = big_endian ? get_be16(p + 2 * i + 2) : get_le16(p + 2 * i + 2);
+            if (lo < 0xdc00 || lo >= 0xe000)
+                goto bad;
+            c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+            i++;
+        }
+        if (c < 0x80) {
+            *o++ = (char)c;
+        } else if (c < 0x800) {
+            *o++ = (char)(0xc0 | c >> 6);
+            *o++ = (char)(0x80 | (c & 0x3f));
+        } else if (c < 0x10000) {
+            *o++ = (char)(0xe0 | c >> 12);
+            *o++ = (char)(0x80 | ((c >> 6) & 0x3f));
+            *o++ = (char)(0x80 | (c & 0x3f));
+        } else {
+            *o++ = (char)(0xf0 | c >> 18);
+            *o++ = (char)(0x80 | ((c >> 12) & 0x3f));
+            *o++ = (char)(0x80 | ((c >> 6) & 0x3f));
+            *o++ = (char)(0x80 | (c & 0x3f));
+        }
+    }
+    *o = '\0';
+    return out;
+bad:
+    free(out);
+    return NULL;
+}
+
+/* Windows path to a name we can look up: "\" becomes "/"; with
+ * `base_only`, only the last component is kept (absolute paths name
+ * another machine's folders). */
+static void windows_path_to_local(char *s, bool base_only)
+{
+    for (char *p = s; *p; p++)
+        if (*p == '\\')
+            *p = '/';
+    if (base_only) {
+        char *slash = strrchr(s, '/');
+        if (slash)
+            memmove(s, slash + 1, strlen(slash + 1) + 1);
+    }
+}
+
+static char *vhd_locator_path(struct img *img, const uint8_t *loc, uint64_t fsize,
+                              bool base_only)
+{
+    uint32_t len = get_be32(loc + 8);
+    uint64_t off = get_be64(loc + 16);
+    if (len == 0 || len > VHD_MAX_LOCATOR || off > fsize || len > fsize - off)
+        return NULL;   /* a broken locator is only one lead among several */
+    uint8_t *raw = malloc(len);
+    if (!raw)
+        return NULL;
+    char *path = NULL;
+    if (img_pread(img, img->fd, raw, len, off, "parent locator") == 0)
+        path = utf16_to_utf8(raw, len, false);
+    free(raw);
+    img->errmsg[0] = '\0';
+    if (path)
+        windows_path_to_local(path, base_only);
+    return path;
+}
+
+/* The UUID in the footer of a VHD (at offset 0, or at the end). */
+static bool read_vhd_uuid(int fd, uint8_t uuid[16])
+{
+    uint8_t b[VHD_FOOTER_SIZE];
+    if (pread(fd, b, sizeof(b), 0) == (ssize_t)sizeof(b) && memcmp(b, "conectix", 8) == 0) {
+        memcpy(uuid, b + 68, 16);
+        return true;
+    }
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end < VHD_FOOTER_SIZE || pread(fd, b, sizeof(b), end - VHD_FOOTER_SIZE) !=
+        (ssize_t)sizeof(b) || memcmp(b, "conectix", 8) != 0)
+        return false;
+    memcpy(uuid, b + 68, 16);
+    return true;
+}
+
+/* Is `name` a file in reach (the core's confinement rules)?  Then it is the
+ * parent, provided its UUID is the one the child records.  0 = not found. */
+static int vhd_try_parent(struct img *img, const char *name, const uint8_t want_uuid[16])
+{
+    if (!name || !*name)
+        return 0;
+    int fd = img_open_referenced(img, name, "parent", false, NULL);
+    if (fd == -ENOENT) {
+        img->errmsg[0] = '\0';
+        return 0;
+    }
+    if (fd < 0)
+        return fd;
+    uint8_t uuid[16];
+    bool ok = read_vhd_uuid(fd, uuid);
+    close(fd);
+    if (!ok || memcmp(uuid, want_uuid, 16) != 0)
+        return img_error(img, EINVAL, "parent '%s' is not the VHD this differencing disk was "
+                         "made from (its UUID differs)", name);
+    img->backing_file = strdup(name);
+    img->backing_fmt = strdup("vpc");
+    return img->backing_file && img->backing_fmt ? 1 : -ENOMEM;
+}
+
+static int vhd_find_parent(struct img *img, const uint8_t *dh, uint64_t fsize)
+{
+    char *names[3] = { NULL, NULL, NULL };
+    for (int i = 0; i < 8; i++) {
+        const uint8_t *loc = dh + 576 + 24 * i;
+        uint32_t code = get_be32(loc);
+        if (code == PLAT_W2RU && !names[0])
+            names[0] = vhd_locator_path(img, loc, fsize, false);
+        else if (code == PLAT_W2KU && !names[1])
+            names[1] = vhd_locator_path(img, loc, fsize, true);
+    }
+    names[2] = utf16_to_utf8(dh + 64, 512, true);
+    if (names[2])
+        windows_path_to_local(names[2], true);
+    int r = 0;
+    for (int i = 0; i < 3 && r == 0; i++)
+        r = vhd_try_parent(img, names[i], dh + 40);
+    for (int i = 0; i < 3; i++)
+        free(names[i]);
+    return r < 0 ? r : 0;
+}
+
+/* ---- open ---- */
+
+static int vhd_open_dynamic(struct img *img, struct vhd *s, const struct vhd_footer *f,
+                            uint64_t fsize)
+{
+    /* qemu reads past the end of the file as zeros; a header cut after its
+     * fixed fields (fuzzed images are) is read the same way here. */
+    uint8_t dh[VHD_DYNHDR_SIZE] = { 0 };
+    if (f->data_offset > fsize || VHD_DYNHDR_MIN > fsize - f->data_offset)
+        return img_error(img, EINVAL, "dynamic header offset 0x%llx lies past the end of the "
+                         "file", (unsigned long long)f->data_offset);
+    uint64_t avail = fsize - f->data_offset;
+    int r = img_pread(img, img->fd, dh, avail < sizeof(dh) ? avail : sizeof(dh),
+                      f->data_offset, "dynamic header");
+    if (r < 0)
+        return r;
+    if (memcmp(dh, "cxsparse", 8) != 0)
+        return img_error(img, EINVAL, "no \"cxsparse\" dynamic header at 0x%llx",
+                         (unsigned long long)f->data_offset);
+    s->block_size = get_be32(dh + 32);
+    uint32_t max_entries = get_be32(dh + 28);
+    r = vhd_check_geometry(img, s, max_entries);
+    if (r < 0)
+        return r;
+    s->n_bat = max_entries;
+    r = vhd_load_bat(img, s, get_be64(dh + 16), fsize);
+    if (r < 0)
+        return r;
+    img->cluster_size = s->block_size;
+    if (s->type != VHD_TYPE_DIFF)
+        return 0;
+    r = vhd_load_bitmaps(img, s, fsize);
+    if (r == 0)
+        r = vhd_find_parent(img, dh, fsize);
+    return r;
+}
+
+static int vhd_open(struct img *img, const struct img_open_opts *o)
+{
+    (void)o;
+    uint8_t buf[VHD_FOOTER_SIZE];
+    struct vhd_footer f;
+    size_t footer_len;
+    int64_t fsize = img_fd_size(img->fd);
+    if (fsize < 0)
+        return img_error(img, (int)-fsize, "cannot get the size: %s", strerror((int)-fsize));
+    int r = vhd_read_footer(img, (uint64_t)fsize, buf, &footer_len);
+    if (r < 0)
+        return r;
+    vhd_decode_footer(buf, &f);
+    r = vhd_check_footer(img, buf, &f, footer_len);
+    if (r < 0)
+        return r;
+    uint64_t sectors = vhd_virtual_sectors(&f);
+    if (sectors > VHD_MAX_SECTORS)
+        return img_error(img, EFBIG, "virtual size %llu bytes too large (max 2040 GiB)",
+                         (unsigned long long)sectors * VHD_SECTOR);
+    img->size = sectors * VHD_SECTOR;
+
+    struct vhd *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    img->priv = s;   /* freed by vhd_close, also when open fails */
+    s->type = f.disk_type;
+    if (s->type == VHD_TYPE_FIXED) {
+        if (img->size > (uint64_t)fsize - footer_len)
+            return img_error(img, EINVAL, "virtual size %llu is larger than the %llu bytes of "
+                             "data before the footer", (unsigned long long)img->size,
+                             (unsigned long long)((uint64_t)fsize - footer_len));
+        return 0;
+    }
+    return vhd_open_dynamic(img, s, &f, (uint64_t)fsize);
+}
+
+static void vhd_close(struct img *img)
+{
+    struct vhd *s = img->priv;
+    free(s->bat);
+    free(s->bitmaps);
+    free(s->slot);
+    free(s);
+    img->priv = NULL;
+}
+
+/* ---- map ---- */
+
+struct vhd_run {
+    enum img_kind kind;
+    uint64_t host;      /* DATA: host offset of the run's first byte */
+    uint64_t len;       /* bytes, never past the end of the block */
+};
+
+static bool sector_present(const struct vhd *s, uint32_t block, uint64_t sector)
+{
+    const uint8_t *bm = s->bitmaps + (size_t)s->slot[block] * s->stride;
+    return bm[sector / 8] & (0x80 >> (sector % 8));   /* most significant bit first */
+}
+
+/* The run of one kind that starts at guest offset `off`, within its block. */
+static struct vhd_run vhd_run_at(const struct vhd *s, uint64_t off)
+{
+    uint64_t block = off / s->block_size, in = off % s->block_size;
+    struct vhd_run run = { IMG_UNALLOCATED, 0, s->block_size - in };
+    if (block >= s->n_bat || s->bat[block] == VHD_BAT_UNUSED)
+        return run;
+    uint64_t host = (uint64_t)s->bat[block] * VHD_SECTOR + s->bitmap_bytes + in;
+    if (!s->bitmaps) {
+        run.kind = IMG_DATA;
+        run.host = host;
+        return run;
+    }
+    uint64_t sector = in / VHD_SECTOR, last = s->block_size / VHD_SECTOR;
+    bool present = sector_present(s, (uint32_t)block, sector);
+    uint64_t end = sector + 1;
+    while (end < last && sector_present(s, (uint32_t)block, end) == present)
+        end++;
+    run.kind = present ? IMG_DATA : IMG_UNALLOCATED;
+    run.host = host;
+    run.len = end * VHD_SECTOR - in;
+    return run;
+}
+
+static int vhd_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
+{
+    const struct vhd *s = img->priv;
+    ext->off = off;
+    if (s->type == VHD_TYPE_FIXED) {
+        ext->kind = IMG_DATA;
+        ext->len = len;
+        ext->fd = img->fd;
+        ext->host_off = off;
+        return 0;
+    }
+    struct vhd_run first = vhd_run_at(s, off);
+    uint64_t n = first.len;
+    /* Join the following runs while they continue this one: same kind and,
+     * for data, the next bytes in the file. */
+    while (n < len) {
+        struct vhd_run next = vhd_run_at(s, off + n);
+        if (next.kind != first.kind || (first.kind == IMG_DATA && next.host != first.host + n))
+            break;
+        n += next.len;
+    }
+    ext->len = n < len ? n : len;
+    ext->kind = first.kind;
+    if (first.kind == IMG_DATA) {
+        ext->fd = img->fd;
+        ext->host_off = first.host;
+    }
+    return 0;
+}
+
+const struct img_format img_format_vpc = {
+    .name = "vpc",
+    .probe = vhd_probe,
+    .open = vhd_open,
+    .close = vhd_close,
+    .map = vhd_map,
+};
