@@ -4,6 +4,52 @@
 
 #include "img.h"
 
+/* One -o key=value option of create/convert, spelled as qemu-img does. */
+struct img_kv {
+    const char *key, *value;
+};
+
+struct img_create_opts {
+    uint64_t size;               /* virtual size in bytes */
+    const char *backing_file;    /* recorded as given, or NULL */
+    const char *backing_fmt;     /* recorded backing format, or NULL */
+    const struct img_kv *opts;   /* driver options: cluster_size, compat, ... */
+    size_t n_opts;               /* an option the driver does not know is an
+                                    error naming it */
+};
+
+/* Results of a consistency check, with qemu-img check's meanings. */
+struct img_check {
+    uint64_t corruptions, leaks, check_errors;
+    uint64_t corruptions_fixed, leaks_fixed;
+    uint64_t image_end_offset;
+    uint64_t total_clusters, allocated_clusters;
+    uint64_t fragmented_clusters, compressed_clusters;
+    /* One line per finding ("Leaked cluster 5 refcount=1 reference=0"). */
+    void (*report)(void *ctx, const char *line);
+    void *report_ctx;
+};
+
+#define IMG_CHECK_REPAIR_LEAKS 1u
+#define IMG_CHECK_REPAIR_ERRORS 2u
+
+/* Format-specific facts for `info` ("format-specific"/"data" in qemu-img's
+ * JSON).  Strings must live as long as the image. */
+enum img_info_type { IMG_INFO_STR, IMG_INFO_INT, IMG_INFO_BOOL };
+struct img_info_field {
+    const char *key;             /* "compat", "refcount-bits", ... */
+    enum img_info_type type;
+    const char *str;
+    int64_t num;                 /* INT value, or BOOL 0/1 */
+};
+#define IMG_INFO_MAX_FIELDS 32
+struct img_info {
+    bool has_dirty;              /* the format has a dirty flag */
+    bool dirty;
+    size_t n_fields;
+    struct img_info_field fields[IMG_INFO_MAX_FIELDS];
+};
+
 struct img_format {
     const char *name;   /* "qcow2", as qemu-img names it */
     /* How sure is the driver that these first bytes are its format: 0..100.
@@ -21,9 +67,31 @@ struct img_format {
     /* Read a DATA range that has no plain host bytes (compressed,
      * encrypted); [off, off+len) lies within one extent from map(). */
     int (*read)(struct img *img, void *buf, size_t len, uint64_t off);
-    /* Optional entries, NULL = unsupported. */
+
+    /* ---- optional entries, NULL = unsupported ---- */
+    /* Format-specific facts for `info`. */
+    int (*info)(struct img *img, struct img_info *info);
+    /* Create an image file at `path` (created or truncated by the driver). */
+    int (*create)(const char *path, const struct img_create_opts *o,
+                  char *err, size_t errlen);
+    /* Write guest bytes to this layer (img opened read_write).  Partial
+     * clusters are completed from the backing chain (copy-on-write). */
     int (*write)(struct img *img, const void *buf, size_t len, uint64_t off);
+    /* Write one whole cluster compressed (convert -c); the last cluster may
+     * be short at the end of the disk. */
+    int (*write_compressed)(struct img *img, const void *buf, size_t len,
+                            uint64_t off);
+    /* Make [off, off+len) read as zeros in this layer; may_unmap lets the
+     * driver free the clusters when that reads the same (no backing). */
+    int (*write_zeroes)(struct img *img, uint64_t off, uint64_t len,
+                        bool may_unmap);
+    /* Everything written so far is on stable storage when this returns. */
     int (*flush)(struct img *img);
+    /* Record another backing file (rebase, commit); NULL file = none. */
+    int (*set_backing)(struct img *img, const char *file, const char *fmt);
+    int (*resize)(struct img *img, uint64_t new_size, bool shrink);
+    /* Compare metadata with reality; `repair` is IMG_CHECK_REPAIR_*. */
+    int (*check)(struct img *img, struct img_check *res, unsigned repair);
 };
 
 /* NULL-terminated, in probe order; defined in formats/registry.c. */
