@@ -400,6 +400,20 @@ static int scan_table(struct img *img, const struct qcow2 *q, const uint8_t *tab
     return 0;
 }
 
+/* An unallocated run that reaches the end of its L2 table goes on over the
+ * following empty L1 entries: a sparse disk maps in a few answers. */
+static void extend_over_empty_l1(const struct qcow2 *q, struct img_extent *ext, uint64_t stop)
+{
+    unsigned shift = q->geom.cluster_bits + q->l2_bits;
+    uint64_t end = ext->off + ext->len;
+    if (ext->kind != IMG_UNALLOCATED || (end & ((1ull << shift) - 1)))
+        return;
+    /* end < stop <= img->size, which open checked that L1 covers. */
+    while (end < stop && (q->l1[end >> shift] & QCOW2_OFFSET_MASK) == 0)
+        end += 1ull << shift;
+    ext->len = (end < stop ? end : stop) - ext->off;
+}
+
 int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
 {
     struct qcow2 *q = img->priv;
@@ -411,23 +425,23 @@ int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ex
     if (r < 0)
         return r;
     if (l2_off == 0) {
-        /* No L2 table: all of it defers to the backing file, and so do the
-         * following empty L1 entries. */
-        while (table_end < stop && (q->l1[table_end >> shift] & QCOW2_OFFSET_MASK) == 0)
-            table_end += 1ull << shift;
+        /* No L2 table: all of it defers to the backing file. */
         ext->off = off;
         ext->len = (table_end < stop ? table_end : stop) - off;
         ext->kind = IMG_UNALLOCATED;
         ext->fd = -1;
-        return 0;
+    } else {
+        struct qcow2_l2_slot *slot;
+        r = l2_get(img, q, l2_off, &slot);
+        if (r < 0)
+            return r;
+        r = scan_table(img, q, slot->data, off, table_end < stop ? table_end : stop, ext);
+        l2_put(q, slot);
+        if (r < 0)
+            return r;
     }
-    struct qcow2_l2_slot *slot;
-    r = l2_get(img, q, l2_off, &slot);
-    if (r < 0)
-        return r;
-    r = scan_table(img, q, slot->data, off, table_end < stop ? table_end : stop, ext);
-    l2_put(q, slot);
-    return r;
+    extend_over_empty_l1(q, ext, stop);
+    return 0;
 }
 
 int qcow2_lookup(struct img *img, uint64_t off, struct qcow2_mapping *m)
