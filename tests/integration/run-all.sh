@@ -41,7 +41,7 @@ for t in "$here"/test-*.sh; do
     : >"$results"
     echo "=== $name"
     t0=$(date +%s)
-    BUILD=$build T=$dir RESULTS=$results timeout -k 20 "$script_timeout" bash "$t" "$build"
+    BUILD=$build T=$dir RESULTS=$results timeout -k 20 "$script_timeout" bash "$t" "$build" </dev/null
     rc=$?
     t1=$(date +%s)
     np=$(grep -c '^PASS ' "$results")
