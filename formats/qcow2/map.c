@@ -372,9 +372,27 @@ static void fill_extent(const struct qcow2 *q, const struct qcow2_mapping *m, ui
     }
 }
 
+/* Plain data must lie in its file.  The splice path reads host bytes without
+ * going through img_pread, so a short file would read as a silent short
+ * read; the map says so instead.  A run that the file ends inside is cut at
+ * the end of the file, and the next question gets the error. */
+static int clip_to_file(struct img *img, struct qcow2 *q, struct img_extent *ext)
+{
+    if (qcow2_fits(q->data_fd, &q->data_size, ext->host_off + ext->len))
+        return 0;
+    uint64_t size = (uint64_t)__atomic_load_n(&q->data_size, __ATOMIC_RELAXED);
+    if (ext->host_off >= size)
+        return img_error(img, EIO, "data of guest offset 0x%llx at 0x%llx lies past the end "
+                         "of the %s", (unsigned long long)ext->off,
+                         (unsigned long long)ext->host_off,
+                         q->geom.data_file ? "data file" : "file");
+    ext->len = size - ext->host_off;
+    return 0;
+}
+
 /* The first run of [off, stop) inside one L2 table: same kind, and for plain
  * data contiguous host bytes, so a long read costs one lookup. */
-static int scan_table(struct img *img, const struct qcow2 *q, const uint8_t *table,
+static int scan_table(struct img *img, struct qcow2 *q, const uint8_t *table,
                       uint64_t off, uint64_t stop, struct img_extent *ext)
 {
     uint64_t unit = off >> q->unit_bits;
@@ -397,6 +415,8 @@ static int scan_table(struct img *img, const struct qcow2 *q, const uint8_t *tab
     ext->off = off;
     ext->len = (run_end < stop ? run_end : stop) - off;
     fill_extent(q, &first, off - run_start, ext);
+    if (ext->kind == IMG_DATA && ext->fd >= 0)
+        return clip_to_file(img, q, ext);
     return 0;
 }
 

@@ -132,7 +132,9 @@ struct qcow2 {
     uint64_t *l1;              /* host byte order */
     uint32_t l1_size;
     int data_fd;               /* where guest data lives: img->fd or the data file */
-    bool raw_data_file;
+    bool raw_data_file;        /* the data file is also a raw image of the disk;
+                                  reads still follow L2 (QEMU keeps the two in
+                                  step), a writer will have to as well */
     enum decompress_kind decompress;
     int64_t file_size;         /* image file; refreshed before saying "past EOF" */
     int64_t data_size;         /* data file (== file_size without one) */

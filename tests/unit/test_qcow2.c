@@ -521,6 +521,35 @@ Test(qcow2_read, unaligned_data_cluster)
     img_close(img);
 }
 
+Test(qcow2_read, data_past_eof)
+{
+    create("a.qcow2", "", "1M");
+    sh("qemu-io -f qcow2 -c 'write -P 0x5a 0 256k' a.qcow2");
+    uint64_t l2 = peek_be64("a.qcow2", peek_be64("a.qcow2", 40)) & QCOW2_OFFSET_MASK;
+    uint64_t last = peek_be64("a.qcow2", l2 + 3 * 8) & QCOW2_OFFSET_MASK;
+    /* Cut the file inside the last data cluster: the run stops at the cut. */
+    sh("truncate -s %llu a.qcow2", (unsigned long long)last + 1000);
+    struct img *img = must_open("a.qcow2");
+    struct img_extent ext;
+    cr_assert_eq(map_at(img, 0, &ext), 0, "%s", img->errmsg);
+    cr_assert_eq(ext.kind, IMG_DATA);
+    uint64_t first = peek_be64("a.qcow2", l2) & QCOW2_OFFSET_MASK;
+    cr_assert_eq(ext.host_off, first);
+    cr_assert_eq(ext.host_off + ext.len, last + 1000, "run not cut at the end of the file");
+    cr_assert_eq(map_at(img, ext.len, &ext), -EIO);
+    cr_assert_not_null(strstr(img->errmsg, "lies past the end of the file"), "%s", img->errmsg);
+    uint8_t buf[4096];
+    cr_assert_eq(img_read(img, buf, sizeof(buf), (256 << 10) - sizeof(buf)), -EIO);
+    img_close(img);
+    /* An entry far beyond the file. */
+    patch_be64("a.qcow2", l2, 0x8000010000000000ull);
+    img = must_open("a.qcow2");
+    cr_assert_eq(map_at(img, 0, &ext), -EIO);
+    cr_assert_not_null(strstr(img->errmsg, "at 0x10000000000 lies past the end of the file"),
+                       "%s", img->errmsg);
+    img_close(img);
+}
+
 Test(qcow2_read, corrupt_compressed_stream_is_eio)
 {
     sh("qemu-img create -q -f raw src.raw 1M && qemu-io -f raw -c 'write -P 0x61 0 1M' src.raw");
@@ -772,6 +801,10 @@ Test(qcow2_read, l1_hole_is_one_unallocated_answer)
     cr_assert_eq(map_at(img, 0, &e), 0);
     cr_assert_eq(e.kind, IMG_UNALLOCATED);
     cr_assert_eq(e.len, 60 << 20);
+    /* After the data: the rest of its table and the empty tables beyond. */
+    cr_assert_eq(map_at(img, (60 << 20) + 512, &e), 0);
+    cr_assert_eq(e.kind, IMG_UNALLOCATED);
+    cr_assert_eq(e.len, (4 << 20) - 512);
     img_close(img);
 }
 
