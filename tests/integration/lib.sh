@@ -213,6 +213,17 @@ loop_attach() {
     printf '%s\n' "$dev"
 }
 
+# loop_detach DEV: detach now and forget it (the number may be reused by
+# someone else afterwards: the trap must not detach it again).
+loop_detach() {
+    local i
+    losetup -d "$1" || return 1
+    for i in "${!LOOP_DEVS[@]}"; do
+        [ "${LOOP_DEVS[$i]}" = "$1" ] && unset 'LOOP_DEVS[i]'
+    done
+    return 0
+}
+
 # bg_start CMD...: start a helper process in the background and remember it.
 bg_start() {
     "$@" &
@@ -318,6 +329,14 @@ ref_from() {
     printf '%s\n' "$3" >"$T/ref/$name.size"
     python3 "$MAP2RANGES" "$4" >"$T/ref/$name.ranges" || return 1
     ranges_total "$T/ref/$name.ranges" >"$T/ref/$name.data"
+}
+
+# ref_alias NEW OLD: the same reference under another case name.
+ref_alias() {
+    local f
+    for f in "$T/ref/$2".*; do
+        cp "$f" "$T/ref/$1.${f#"$T/ref/$2".}"
+    done
 }
 
 ranges_total() {
