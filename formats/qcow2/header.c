@@ -367,6 +367,10 @@ static int apply_extensions(struct img *img, struct qcow2 *q, const struct img_o
     if (r == 0) {
         img->backing_fmt = x.backing_fmt;
         x.backing_fmt = NULL;
+        if (q->geom.data_file) {
+            q->data_file_name = x.data_file;
+            x.data_file = NULL;
+        }
     }
     free(x.backing_fmt);
     free(x.data_file);

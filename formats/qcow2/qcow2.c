@@ -22,6 +22,7 @@ static void qcow2_close(struct img *img)
     qcow2_zcache_destroy(q);
     qcow2_cache_destroy(&q->cache);
     free(q->l1);
+    free(q->data_file_name);
     free(q);   /* the data file is a companion: the core closes its fd */
     img->priv = NULL;
 }
@@ -52,4 +53,5 @@ const struct img_format img_format_qcow2 = {
     .close = qcow2_close,
     .map = qcow2_map,
     .read = qcow2_read,
+    .info = qcow2_info,
 };

@@ -132,6 +132,7 @@ struct qcow2 {
     uint64_t *l1;              /* host byte order */
     uint32_t l1_size;
     int data_fd;               /* where guest data lives: img->fd or the data file */
+    char *data_file_name;      /* as recorded in the image, for info */
     bool raw_data_file;        /* the data file is also a raw image of the disk;
                                   reads still follow L2 (QEMU keeps the two in
                                   step), a writer will have to as well */
@@ -154,6 +155,9 @@ int qcow2_lookup(struct img *img, uint64_t off, struct qcow2_mapping *m);
 /* Does [0, end) lie inside the file?  Asks fstat again before saying no, so
  * that a file grown since open is not refused on a stale size. */
 bool qcow2_fits(int fd, int64_t *cached_size, uint64_t end);
+
+/* info.c */
+int qcow2_info(struct img *img, struct img_info *info);
 
 /* read.c */
 struct qcow2_zcache;

@@ -857,3 +857,58 @@ Test(qcow2_read, concurrent_readers)
     img_close(img);
     free(want);
 }
+
+/* ---- info: our fields, rendered as JSON, appear in qemu-img's in order ---- */
+
+static void check_info(const char *name)
+{
+    sh("qemu-img info -U --output=json %s > %s.info", name, name);
+    char infoname[PATH_MAX];
+    snprintf(infoname, sizeof(infoname), "%s.info", name);
+    size_t len;
+    char *qemu = (char *)slurp(in_dir(infoname), &len);
+    qemu = realloc(qemu, len + 1);
+    qemu[len] = 0;
+    struct img *img = must_open(name);
+    struct img_info info = { 0 };
+    cr_assert_eq(img->fmt->info(img, &info), 0);
+    const char *at = strstr(qemu, "\"format-specific\"");
+    cr_assert_not_null(at);
+    for (size_t i = 0; i < info.n_fields; i++) {
+        const struct img_info_field *f = &info.fields[i];
+        char want[256];
+        if (f->type == IMG_INFO_STR)
+            snprintf(want, sizeof(want), "\"%s\": \"%s\"", f->key, f->str);
+        else if (f->type == IMG_INFO_INT)
+            snprintf(want, sizeof(want), "\"%s\": %lld", f->key, (long long)f->num);
+        else
+            snprintf(want, sizeof(want), "\"%s\": %s", f->key, f->num ? "true" : "false");
+        const char *found = strstr(at, want);
+        cr_assert_not_null(found, "%s: qemu-img info lacks %s (or has it earlier)", name, want);
+        at = found;
+    }
+    cr_assert(info.has_dirty);
+    cr_assert_not_null(strstr(qemu, info.dirty ? "\"dirty-flag\": true" : "\"dirty-flag\": false"));
+    /* and nothing of qemu's is missing from ours */
+    size_t qemu_fields = 0;
+    const char *data = strstr(strstr(qemu, "\"format-specific\""), "\"data\": {");
+    for (const char *p = data; p && *p && *p != '}'; p++)
+        qemu_fields += *p == ':';
+    cr_assert_eq(qemu_fields - 1, info.n_fields, "%s: qemu lists %zu fields, we %zu", name,
+                 qemu_fields - 1, info.n_fields);
+    img_close(img);
+    free(qemu);
+}
+
+Test(qcow2_header, info_matches_qemu)
+{
+    create("v3.qcow2", "lazy_refcounts=on,refcount_bits=64", "1M");
+    check_info("v3.qcow2");
+    create("v2.qcow2", "compat=0.10", "1M");
+    check_info("v2.qcow2");
+    create("x.qcow2", "data_file=x.bin,data_file_raw=on,extended_l2=on,compression_type=zstd",
+           "1M");
+    check_info("x.qcow2");
+    patch_be64("v3.qcow2", 72, QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT);
+    check_info("v3.qcow2");
+}
