@@ -14,14 +14,11 @@
 /* Every hole of every read points here; never written. */
 static const char zero_buf[ZERO_BUF_SIZE];
 
-struct fhandle {
-    struct node *node;
-    struct img *img;
-};
-
-static struct fhandle *fh_of(const struct fuse_file_info *fi)
+/* A file handle is its node: the open chain is shared by all handles and
+ * stays while any is open, so nothing per handle needs allocating. */
+static struct node *node_of(const struct fuse_file_info *fi)
 {
-    return (struct fhandle *)(uintptr_t)fi->fh;
+    return (struct node *)(uintptr_t)fi->fh;
 }
 
 void io_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -39,32 +36,27 @@ void io_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EROFS);
         return;
     }
-    struct fhandle *h = calloc(1, sizeof(*h));
+    struct img *img;
     bool keep = false;
-    int r = h ? node_open(n, &h->img, &keep) : -ENOMEM;
+    int r = node_open(n, &img, &keep);
     if (r < 0) {
-        free(h);
         fuse_reply_err(req, -r);
         return;
     }
-    h->node = n;
-    fi->fh = (uintptr_t)h;
+    fi->fh = (uintptr_t)n;
     fi->keep_cache = keep;
     /* Reads never change: let the kernel cache and read ahead freely. */
     fi->noflush = 1;
     if (fuse_reply_open(req, fi) == -ENOENT) {
         /* The open was interrupted: no release will come for it. */
         node_release(n);
-        free(h);
     }
 }
 
 void io_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
-    struct fhandle *h = fh_of(fi);
-    node_release(h->node);
-    free(h);
+    node_release(node_of(fi));
     fuse_reply_err(req, 0);
 }
 
@@ -200,7 +192,7 @@ void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
              struct fuse_file_info *fi)
 {
     (void)ino;
-    struct img *img = fh_of(fi)->img;
+    struct img *img = node_of(fi)->img;
     if (off < 0 || (uint64_t)off >= img->size || size == 0) {
         fuse_reply_buf(req, NULL, 0);
         return;
@@ -249,7 +241,7 @@ void io_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
               struct fuse_file_info *fi)
 {
     (void)ino;
-    struct img *img = fh_of(fi)->img;
+    struct img *img = node_of(fi)->img;
     if (whence != SEEK_DATA && whence != SEEK_HOLE) {
         fuse_reply_err(req, EINVAL);
         return;

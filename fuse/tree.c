@@ -295,6 +295,8 @@ static int cmp_shown(const void *a, const void *b)
 /* Images that would share a name keep their full name plus ".raw". */
 static void resolve_clashes(struct scan *s)
 {
+    if (!s->n)
+        return;
     qsort(s->c, s->n, sizeof(*s->c), cmp_shown);
     for (size_t i = 0; i < s->n;) {
         size_t j = i + 1;
@@ -319,6 +321,8 @@ static void resolve_clashes(struct scan *s)
  * left out (and said so). */
 static void drop_duplicates(struct scan *s)
 {
+    if (!s->n)
+        return;
     qsort(s->c, s->n, sizeof(*s->c), cmp_shown);
     size_t out = 0;
     for (size_t i = 0; i < s->n; i++) {
