@@ -57,6 +57,7 @@ struct node {
     bool is_image;        /* probes as an image that opens (top layer) */
     const char *fmt;      /* driver name, static storage */
     char *real;           /* real path, to match companions */
+    char *fail;           /* why an image-looking file did not open */
     uint64_t vsize;
     uint32_t cluster;
     bool attr_valid;      /* data_bytes valid for attr_sig */

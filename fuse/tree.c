@@ -135,6 +135,7 @@ void tree_destroy(void)
         free(n->rel);
         free(n->name);
         free(n->real);
+        free(n->fail);
         free(n);
     }
     free(nodes);
@@ -185,6 +186,8 @@ static void probe_locked(struct node *n, const struct stat *st)
     n->probed = true;
     n->probe_sig = sig;
     n->is_image = false;
+    free(n->fail);
+    n->fail = NULL;
     n->attr_valid = false;
     n->fmt = S_ISREG(st->st_mode) ? pick_format(n) : NULL;
     if (!n->fmt)
@@ -196,17 +199,19 @@ static void probe_locked(struct node *n, const struct stat *st)
     };
     struct img *img = NULL;
     char err[IMG_ERRMSG_MAX];
+    free(n->real);
+    n->real = path ? realpath(path, NULL) : NULL;
     if (path && img_open(path, &o, &img, err, sizeof(err)) == 0) {
         n->is_image = true;
         n->fmt = img->fmt->name;
         n->vsize = img->size;
         n->cluster = img->cluster_size;
-        free(n->real);
-        n->real = realpath(path, NULL);
         add_companions(img);
         img_close(img);
     } else if (path) {
-        log_once(err);
+        /* Said by the folder scan once it knows the file is not a part of
+         * another image (a VMDK extent alone fails to open). */
+        n->fail = strdup(err);
     }
     free(path);
 }
@@ -229,6 +234,9 @@ struct cand {
 struct scan {
     struct cand *c;
     size_t n, cap;
+    struct node **failed;   /* looked like images but did not open */
+    size_t n_failed;
+    bool quiet;             /* first start-up pass: say nothing yet */
 };
 
 static int scan_push(struct scan *s, struct node *n, char *shown)
@@ -247,6 +255,31 @@ static int scan_push(struct scan *s, struct node *n, char *shown)
     }
     s->c[s->n++] = (struct cand){ n, shown };
     return 0;
+}
+
+static void note_failed(struct scan *s, struct node *n)
+{
+    struct node **f = realloc(s->failed, (s->n_failed + 1) * sizeof(*f));
+    if (f) {
+        s->failed = f;
+        s->failed[s->n_failed++] = n;
+    }
+}
+
+static bool is_companion(const char *real);
+
+/* Say why each image-looking file is left out, unless it belongs to an
+ * image after all. */
+static void report_failed(struct scan *s)
+{
+    for (size_t i = 0; i < s->n_failed; i++) {
+        struct node *n = s->failed[i];
+        pthread_mutex_lock(&n->lock);
+        if (!s->quiet && n->fail && !is_companion(n->real))
+            log_once(n->fail);
+        pthread_mutex_unlock(&n->lock);
+    }
+    free(s->failed);
 }
 
 static bool is_mountpoint(const char *rel)
@@ -278,10 +311,12 @@ static void scan_entry(struct scan *s, int dfd, const char *dir_rel, const char 
             goto out;
         pthread_mutex_lock(&n->lock);
         probe_locked(n, &st);
-        bool image = n->is_image;
+        bool image = n->is_image, failed = n->fail != NULL;
         pthread_mutex_unlock(&n->lock);
         if (image)
             scan_push(s, n, name_short(name));
+        else if (failed)
+            note_failed(s, n);
     }
 out:
     free(rel);
@@ -380,7 +415,7 @@ static void commit_scan(struct node *dir, struct scan *s, const struct stat *st)
 }
 
 /* Read the source folder again and rebuild its listing.  scan_lock held. */
-static int scan_dir_locked(struct node *dir)
+static int scan_dir_locked(struct node *dir, bool quiet)
 {
     struct stat st;
     int dfd = openat(cfg.src_fd, dir->rel[0] ? dir->rel : ".",
@@ -396,13 +431,14 @@ static int scan_dir_locked(struct node *dir)
         closedir(d);
         return -errno;
     }
-    struct scan s = { 0 };
+    struct scan s = { .quiet = quiet };
     for (struct dirent *de; (de = readdir(d));) {
         if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
             scan_entry(&s, dfd, dir->rel, de->d_name);
     }
     closedir(d);
     drop_companions(&s);
+    report_failed(&s);
     resolve_clashes(&s);
     drop_duplicates(&s);
     commit_scan(dir, &s, &st);
@@ -414,7 +450,7 @@ static int scan_dir_locked(struct node *dir)
 
 /* Rescan when forced (opendir: a file may have become an image in place) or
  * when the folder changed since the last scan (lookup). */
-static int refresh_dir(struct node *dir, bool force)
+static int refresh_dir(struct node *dir, bool force, bool quiet)
 {
     struct stat st;
     int r = stat_rel(dir->rel, &st);
@@ -427,14 +463,14 @@ static int refresh_dir(struct node *dir, bool force)
     if (fresh && !force)
         return 0;
     pthread_mutex_lock(&scan_lock);
-    r = scan_dir_locked(dir);
+    r = scan_dir_locked(dir, quiet);
     pthread_mutex_unlock(&scan_lock);
     return r;
 }
 
-static void scan_tree(struct node *dir, int depth)
+static void scan_tree(struct node *dir, int depth, bool quiet)
 {
-    if (depth > MAX_SCAN_DEPTH || refresh_dir(dir, true) < 0)
+    if (depth > MAX_SCAN_DEPTH || refresh_dir(dir, true, quiet) < 0)
         return;
     pthread_mutex_lock(&tree_lock);
     size_t n = dir->n_kids;
@@ -445,7 +481,7 @@ static void scan_tree(struct node *dir, int depth)
     for (size_t i = 0; kids && i < n; i++) {
         struct node *k = tree_get(kids[i]);
         if (k && k->is_dir)
-            scan_tree(k, depth + 1);
+            scan_tree(k, depth + 1, quiet);
     }
     free(kids);
 }
@@ -456,8 +492,8 @@ static void scan_tree(struct node *dir, int depth)
 void tree_scan_all(void)
 {
     struct node *root = tree_get(FUSE_ROOT_ID);
-    scan_tree(root, 0);
-    scan_tree(root, 0);
+    scan_tree(root, 0, true);
+    scan_tree(root, 0, false);
 }
 
 /* ---- what ops.c asks ---- */
@@ -467,7 +503,7 @@ int tree_lookup(struct node *dir, const char *name, struct node **out)
     *out = NULL;
     if (!dir->is_dir)
         return -ENOTDIR;
-    int r = refresh_dir(dir, false);
+    int r = refresh_dir(dir, false, false);
     if (r < 0)
         return r;
     pthread_mutex_lock(&tree_lock);
@@ -486,7 +522,7 @@ int tree_list(struct node *dir, struct dir_entry **out, size_t *count)
 {
     *out = NULL;
     *count = 0;
-    int r = refresh_dir(dir, true);
+    int r = refresh_dir(dir, true, false);
     if (r < 0)
         return r;
     pthread_mutex_lock(&tree_lock);
