@@ -1,5 +1,6 @@
 /* Shared imgctl helpers; see common.h for the contracts. */
 #include "ctl/common.h"
+#include "core/json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -161,73 +162,146 @@ void ctl_kvlist_free(struct ctl_kvlist *l)
     memset(l, 0, sizeof(*l));
 }
 
-/* The option lists of `qemu-img create -f FMT -o help`, for the formats we
- * can create; a driver that accepts more must add its line here. */
+/* What `qemu-img create -f FMT` knows about each option, listed in the
+ * order its "Formatting ..." line prints them.  `shown` is the value printed
+ * when the user gave none (NULL: printed only when given).  A driver that
+ * accepts more options must add its line here. */
 struct create_option {
-    const char *name, *type, *help;
+    const char *name, *type, *help, *shown;
 };
 
 static const struct create_option raw_options[] = {
-    { "preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)" },
-    { "size", "size", "Virtual disk size" },
-    { NULL, NULL, NULL },
+    { "size", "size", "Virtual disk size", NULL },
+    { "preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)", NULL },
+    { NULL, NULL, NULL, NULL },
 };
 
 static const struct create_option qcow2_options[] = {
-    { "backing_file", "str", "File name of a base image" },
-    { "backing_fmt", "str", "Image format of the base image" },
-    { "cluster_size", "size", "qcow2 cluster size" },
-    { "compat", "str", "Compatibility level (v2 [0.10] or v3 [1.1])" },
-    { "compression_type", "str", "Compression method used for image cluster compression" },
-    { "data_file", "str", "File name of an external data file" },
-    { "extended_l2", "bool (on/off)", "Extended L2 tables" },
-    { "lazy_refcounts", "bool (on/off)", "Postpone refcount updates" },
-    { "preallocation", "str", "Preallocation mode (allowed values: off, metadata)" },
-    { "refcount_bits", "number", "Width of a reference count entry in bits" },
-    { "size", "size", "Virtual disk size" },
-    { NULL, NULL, NULL },
+    { "cluster_size", "size", "qcow2 cluster size", "65536" },
+    { "extended_l2", "bool (on/off)", "Extended L2 tables", "off" },
+    { "preallocation", "str", "Preallocation mode (allowed values: off, metadata)", NULL },
+    { "compression_type", "str", "Compression method used for image cluster compression",
+      "zlib" },
+    { "size", "size", "Virtual disk size", NULL },
+    { "compat", "str", "Compatibility level (v2 [0.10] or v3 [1.1])", NULL },
+    { "backing_file", "str", "File name of a base image", NULL },
+    { "backing_fmt", "str", "Image format of the base image", NULL },
+    { "data_file", "str", "File name of an external data file", NULL },
+    { "data_file_raw", "bool (on/off)", "The external data file must stay valid as a raw image",
+      NULL },
+    { "lazy_refcounts", "bool (on/off)", "Postpone refcount updates", "off" },
+    { "refcount_bits", "num", "Width of a reference count entry in bits", "16" },
+    { NULL, NULL, NULL, NULL },
 };
+
+static const struct create_option *create_options_of(const struct img_format *fmt)
+{
+    if (strcmp(fmt->name, "raw") == 0)
+        return raw_options;
+    if (strcmp(fmt->name, "qcow2") == 0)
+        return qcow2_options;
+    return NULL;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    const struct create_option *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
 
 int ctl_print_create_options(const struct img_format *fmt, FILE *out)
 {
-    const struct create_option *list = NULL;
-    if (strcmp(fmt->name, "raw") == 0)
-        list = raw_options;
-    else if (strcmp(fmt->name, "qcow2") == 0)
-        list = qcow2_options;
+    const struct create_option *list = create_options_of(fmt);
     if (!list)
         return -1;
-    fprintf(out, "Supported options:\n");
-    for (; list->name; list++) {
+    const struct create_option *sorted[32];
+    size_t n = 0;
+    for (; list[n].name && n < 32; n++)
+        sorted[n] = &list[n];
+    qsort(sorted, n, sizeof(sorted[0]), by_name);   /* qemu-img lists them by name */
+    fprintf(out, "Supported %s options:\n", fmt->name);
+    for (size_t i = 0; i < n; i++) {
         char head[64];
-        snprintf(head, sizeof(head), "%s=<%s>", list->name, list->type);
-        fprintf(out, "  %-22s - %s\n", head, list->help);
+        snprintf(head, sizeof(head), "%s=<%s>", sorted[i]->name, sorted[i]->type);
+        fprintf(out, "  %-22s - %s\n", head, sorted[i]->help);
     }
     return 0;
+}
+
+int ctl_check_create_options(const struct img_format *fmt, const struct ctl_kvlist *l,
+                             const char *path)
+{
+    const struct create_option *list = create_options_of(fmt);
+    for (size_t i = 0; list && i < l->n; i++) {
+        const struct create_option *o = list;
+        while (o->name && strcmp(o->name, l->kv[i].key) != 0)
+            o++;
+        if (!o->name) {
+            ctl_error("%s: Invalid parameter '%s'", path, l->kv[i].key);
+            return -1;
+        }
+        uint64_t bytes;
+        if (strcmp(o->type, "size") == 0 && img_parse_size(l->kv[i].value, &bytes) < 0) {
+            ctl_error("%s: Parameter '%s' expects a size, not '%s'", path, o->name,
+                      l->kv[i].value);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *create_opt_value(const struct img_create_opts *o, const char *key)
+{
+    for (size_t i = o->n_opts; i-- > 0;)
+        if (strcmp(o->opts[i].key, key) == 0)
+            return o->opts[i].value;
+    return NULL;
+}
+
+/* One "key=value" of the Formatting line; sizes print in bytes as qemu-img
+ * normalises them ("cluster_size=4k" shows as 4096). */
+static void print_formatting_opt(FILE *out, const struct create_option *opt,
+                                 const struct img_create_opts *o)
+{
+    const char *v = create_opt_value(o, opt->name);
+    uint64_t bytes;
+    if (strcmp(opt->name, "size") == 0) {
+        fprintf(out, " size=%llu", (unsigned long long)o->size);
+        return;
+    }
+    if (strcmp(opt->name, "backing_file") == 0 && o->backing_file)
+        v = o->backing_file;
+    if (strcmp(opt->name, "backing_fmt") == 0 && o->backing_fmt)
+        v = o->backing_fmt;
+    if (!v)
+        v = opt->shown;
+    if (!v)
+        return;
+    if (strcmp(opt->type, "size") == 0 && img_parse_size(v, &bytes) == 0)
+        fprintf(out, " %s=%llu", opt->name, (unsigned long long)bytes);
+    else
+        fprintf(out, " %s=%s", opt->name, v);
+}
+
+void ctl_print_formatting(FILE *out, const char *path, const struct img_format *fmt,
+                          const struct img_create_opts *o)
+{
+    static const struct create_option fallback[] = {
+        { "size", "size", "", NULL }, { "backing_file", "str", "", NULL },
+        { "backing_fmt", "str", "", NULL }, { NULL, NULL, NULL, NULL },
+    };
+    const struct create_option *list = create_options_of(fmt);
+    fprintf(out, "Formatting '%s', fmt=%s", path, fmt->name);
+    for (const struct create_option *opt = list ? list : fallback; opt->name; opt++)
+        print_formatting_opt(out, opt, o);
+    fputc('\n', out);
 }
 
 /* ---- JSON ---- */
 
 void ctl_json_string(FILE *out, const char *s)
 {
-    fputc('"', out);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"':  fputs("\\\"", out); break;
-        case '\\': fputs("\\\\", out); break;
-        case '\b': fputs("\\b", out); break;
-        case '\f': fputs("\\f", out); break;
-        case '\n': fputs("\\n", out); break;
-        case '\r': fputs("\\r", out); break;
-        case '\t': fputs("\\t", out); break;
-        default:
-            if (*p < 0x20 || *p == 0x7f)
-                fprintf(out, "\\u%04X", *p);
-            else
-                fputc(*p, out);
-        }
-    }
-    fputc('"', out);
+    img_json_string(out, s);
 }
 
 void ctl_json_init(struct ctl_json *j, FILE *out)
@@ -413,4 +487,15 @@ void ctl_remove_created(const char *path)
 {
     if (unlink(path) < 0 && errno != ENOENT)
         ctl_error("%s: could not remove the unfinished file: %s", path, strerror(errno));
+}
+
+char *ctl_backing_name(const char *image, const char *backing)
+{
+    const char *slash = strrchr(image, '/');
+    if (backing[0] == '/' || !slash)
+        return strdup(backing);
+    char *name;
+    if (asprintf(&name, "%.*s%s", (int)(slash - image + 1), image, backing) < 0)
+        return NULL;
+    return name;
 }

@@ -97,6 +97,17 @@ void ctl_kvlist_free(struct ctl_kvlist *l);
  * does.  Returns 0, or -1 when we have no list for that format. */
 int ctl_print_create_options(const struct img_format *fmt, FILE *out);
 
+/* Refuse a -o key that `fmt` does not take, or a size option that is no
+ * size, before any file is touched: "imgctl: PATH: Invalid parameter 'K'".
+ * Formats without a list here pass everything to their create entry. */
+int ctl_check_create_options(const struct img_format *fmt, const struct ctl_kvlist *l,
+                             const char *path);
+
+/* qemu-img's "Formatting 'PATH', fmt=FMT cluster_size=65536 ... size=N ..."
+ * line, options in qemu-img's order with its defaults. */
+void ctl_print_formatting(FILE *out, const char *path, const struct img_format *fmt,
+                          const struct img_create_opts *o);
+
 /* ---- JSON output ------------------------------------------------------ */
 
 /* s as a JSON string literal, quotes included: ", \, control characters and
@@ -161,5 +172,10 @@ int ctl_create(const char *path, const struct img_format *fmt,
 /* Remove a destination that a failed command created; says so on stderr
  * when it cannot. */
 void ctl_remove_created(const char *path);
+
+/* The name under which qemu-img shows a backing file: `backing` as recorded
+ * when absolute, else joined to the folder part of `image` as the user gave
+ * it ("dir/top.qcow2" + "base.qcow2" = "dir/base.qcow2").  malloc'ed. */
+char *ctl_backing_name(const char *image, const char *backing);
 
 #endif

@@ -4,8 +4,17 @@
 
 #include "ctl/imgctl.h"
 
+extern const struct ctl_cmd ctl_cmd_info, ctl_cmd_map, ctl_cmd_check, ctl_cmd_compare,
+    ctl_cmd_create, ctl_cmd_resize;
+
 /* Subcommands, in the order `imgctl --help` lists them. */
 static const struct ctl_cmd *const commands[] = {
+    &ctl_cmd_info,
+    &ctl_cmd_map,
+    &ctl_cmd_check,
+    &ctl_cmd_compare,
+    &ctl_cmd_create,
+    &ctl_cmd_resize,
     NULL,
 };
 
