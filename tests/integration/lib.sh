@@ -24,6 +24,7 @@ case $BUILD in
 esac
 SEEKMAP=$BUILD/tools/seekmap
 MAP2RANGES=$LIB_DIR/qemu-map-ranges.py
+SHA256=$LIB_DIR/sha256.py
 
 if [ -z "${T:-}" ]; then
     T=$(mktemp -d)
@@ -45,6 +46,7 @@ LOOP_DEVS=()   # loop devices to detach
 BG_PIDS=()     # other processes we started (qemu-io, ...)
 IMGFS_PID=
 IMGFS_LOG=
+# shellcheck disable=SC2034  # read by the tests after mount_imgfs fails
 IMGFS_ERR=
 
 say() { printf '%s\n' "$*"; }
@@ -148,6 +150,7 @@ mount_imgfs() {
         fi
         sleep 0.1
     done
+    # shellcheck disable=SC2034
     IMGFS_ERR="no mount at $mnt after 15 s: $(tail -n 5 "$IMGFS_LOG" | tr '\n' ' ')"
     return 1
 }
@@ -303,21 +306,21 @@ ref_image() {
     local name=$1 img=$2 out
     mkdir -p "$T/ref"
     img=$(realpath "$img")
-    printf '%s\n' "$img" >"$T/ref/$name.img"
-    out=$T/ref/$name.raw
-    if ! (cd "$(dirname "$img")" && tmo qemu-img convert -U -O raw "$(basename "$img")" "$out") 2>"$T/ref/$name.err"; then
-        fail "$name/ref" "qemu-img convert failed: $(head -c 300 "$T/ref/$name.err")"
+    printf '%s\n' "$img" >"$(refp "$name").img"
+    out=$(refp "$name").raw
+    if ! (cd "$(dirname "$img")" && tmo qemu-img convert -U -O raw "$(basename "$img")" "$out") 2>"$(refp "$name").err"; then
+        fail "$name/ref" "qemu-img convert failed: $(head -c 300 "$(refp "$name").err")"
         return 1
     fi
-    sha256sum <"$out" | cut -d' ' -f1 >"$T/ref/$name.sha"
+    python3 "$SHA256" "$out" >"$(refp "$name").sha"
     rm -f "$out"
-    if ! qimg map -U --output=json "$img" >"$T/ref/$name.map.json" 2>"$T/ref/$name.err" ||
-        ! python3 "$MAP2RANGES" "$T/ref/$name.map.json" >"$T/ref/$name.ranges"; then
-        fail "$name/ref" "qemu-img map failed: $(head -c 300 "$T/ref/$name.err")"
+    if ! qimg map -U --output=json "$img" >"$(refp "$name").map.json" 2>"$(refp "$name").err" ||
+        ! python3 "$MAP2RANGES" "$(refp "$name").map.json" >"$(refp "$name").ranges"; then
+        fail "$name/ref" "qemu-img map failed: $(head -c 300 "$(refp "$name").err")"
         return 1
     fi
-    qimg info -U --output=json "$img" | jq -r '."virtual-size"' >"$T/ref/$name.size"
-    ranges_total "$T/ref/$name.ranges" >"$T/ref/$name.data"
+    qimg info -U --output=json "$img" | jq -r '."virtual-size"' >"$(refp "$name").size"
+    ranges_total "$(refp "$name").ranges" >"$(refp "$name").data"
     return 0
 }
 
@@ -325,18 +328,25 @@ ref_image() {
 ref_from() {
     local name=$1
     mkdir -p "$T/ref"
-    printf '%s\n' "$2" >"$T/ref/$name.sha"
-    printf '%s\n' "$3" >"$T/ref/$name.size"
-    python3 "$MAP2RANGES" "$4" >"$T/ref/$name.ranges" || return 1
-    ranges_total "$T/ref/$name.ranges" >"$T/ref/$name.data"
+    printf '%s\n' "$2" >"$(refp "$name").sha"
+    printf '%s\n' "$3" >"$(refp "$name").size"
+    python3 "$MAP2RANGES" "$4" >"$(refp "$name").ranges" || return 1
+    ranges_total "$(refp "$name").ranges" >"$(refp "$name").data"
 }
 
 # ref_alias NEW OLD: the same reference under another case name.
 ref_alias() {
-    local f
-    for f in "$T/ref/$2".*; do
-        cp "$f" "$T/ref/$1.${f#"$T/ref/$2".}"
+    local f old new
+    old=$(refp "$2")
+    new=$(refp "$1")
+    for f in "$old".*; do
+        cp "$f" "$new.${f#"$old".}"
     done
+}
+
+# refp NAME: where the reference files of case NAME live (NAME may hold "/").
+refp() {
+    printf '%s/ref/%s' "$T" "${1//\//__}"
 }
 
 ranges_total() {
@@ -364,35 +374,36 @@ allocated() {
 check_view() {
     local name=$1 view=$2 cluster=$3 checks=${4:-sha map stat cp tar}
     local want_sha want_size want_data slack nranges cslack got c
-    want_sha=$(cat "$T/ref/$name.sha")
-    want_size=$(cat "$T/ref/$name.size")
-    want_data=$(cat "$T/ref/$name.data")
+    want_sha=$(cat "$(refp "$name").sha")
+    want_size=$(cat "$(refp "$name").size")
+    want_data=$(cat "$(refp "$name").data")
     slack=$cluster
     [ "$slack" -lt 4096 ] && slack=4096
-    nranges=$(wc -l <"$T/ref/$name.ranges")
+    nranges=$(wc -l <"$(refp "$name").ranges")
     cslack=$((nranges * 8192 + slack))
     if [ ! -e "$view" ]; then
+        # shellcheck disable=SC2012
         fail "$name" "view $view does not exist (listing: $(ls -A "$(dirname "$view")" 2>&1 | tr '\n' ' '))"
         return 1
     fi
     for c in $checks; do
         case $c in
         sha)
-            got=$(tmo sha256sum <"$view" 2>"$T/err.txt" | cut -d' ' -f1)
+            got=$(tmo python3 "$SHA256" "$view" 2>"$T/err.txt")
             if [ "$got" = "$want_sha" ]; then
                 pass "$name/sha"
             else
-                fail "$name/sha" "sha256 of view is '${got:-<read failed: $(head -c 200 "$T/err.txt")>}', qemu-img convert gives $want_sha"
+                fail "$name/sha" "sha256 of view is '${got:-<read failed: $(tail -n 1 "$T/err.txt")>}', want $want_sha"
                 cmp_first_diff "$name" "$view"
             fi
             ;;
         map)
-            if ! tmo "$SEEKMAP" "$view" >"$T/ref/$name.view-ranges" 2>"$T/err.txt"; then
+            if ! tmo "$SEEKMAP" "$view" >"$(refp "$name").view-ranges" 2>"$T/err.txt"; then
                 fail "$name/map" "seekmap failed: $(head -c 300 "$T/err.txt")"
-            elif cmp -s "$T/ref/$name.view-ranges" "$T/ref/$name.ranges"; then
+            elif cmp -s "$(refp "$name").view-ranges" "$(refp "$name").ranges"; then
                 pass "$name/map"
             else
-                fail "$name/map" "SEEK_DATA/SEEK_HOLE ranges differ from qemu-img map (-qemu +view): $(diff "$T/ref/$name.ranges" "$T/ref/$name.view-ranges" | grep '^[<>]' | head -n 6 | sed 's/^</-/; s/^>/+/' | tr '\n' ' ')"
+                fail "$name/map" "SEEK_DATA/SEEK_HOLE ranges differ from qemu-img map (-qemu +view): $(diff "$(refp "$name").ranges" "$(refp "$name").view-ranges" | grep '^[<>]' | head -n 6 | sed 's/^</-/; s/^>/+/' | tr '\n' ' ')"
             fi
             ;;
         stat)
@@ -412,7 +423,7 @@ check_view() {
             if ! tmo cp --sparse=always "$view" "$T/copy.raw" 2>"$T/err.txt"; then
                 fail "$name/cp" "cp --sparse=always failed: $(head -c 300 "$T/err.txt")"
             else
-                got=$(sha256sum <"$T/copy.raw" | cut -d' ' -f1)
+                got=$(python3 "$SHA256" "$T/copy.raw")
                 local alloc
                 alloc=$(allocated "$T/copy.raw")
                 if [ "$got" != "$want_sha" ]; then
@@ -435,7 +446,7 @@ check_view() {
             else
                 local out alloc
                 out=$T/tarx/$(basename "$view")
-                got=$(sha256sum <"$out" | cut -d' ' -f1)
+                got=$(python3 "$SHA256" "$out")
                 alloc=$(allocated "$out")
                 if [ "$got" != "$want_sha" ]; then
                     fail "$name/tar" "extracted sha256 $got != $want_sha"
@@ -457,7 +468,7 @@ check_view() {
 # reference bytes again; only for small images).
 cmp_first_diff() {
     local name=$1 view=$2 img
-    img=$(cat "$T/ref/$name.img" 2>/dev/null) || return 0
+    img=$(cat "$(refp "$name").img" 2>/dev/null) || return 0
     (cd "$(dirname "$img")" && qemu-img convert -U -O raw "$(basename "$img")" "$T/diff.raw") 2>/dev/null || return 0
     say "    first difference: $(tmo cmp "$T/diff.raw" "$view" 2>&1 | head -n 1)"
     rm -f "$T/diff.raw"

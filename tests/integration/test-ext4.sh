@@ -2,6 +2,9 @@
 # A guest ext4 through the view: mkfs.ext4 -d of a tree of a few thousand
 # small files, converted to qcow2, mounted with imgfs, the raw view attached
 # read-only to a loop device and mounted; diff -r against the tree.
+# "A && B || fail ..." below means: fail when A or B fails.
+# shellcheck disable=SC2015
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img mkfs.ext4 losetup python3 diff || finish

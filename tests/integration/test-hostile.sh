@@ -4,6 +4,9 @@
 # never read "successfully"); the daemon stays alive, the mount answers, the
 # good image still reads right, and the daemon's log has a line naming the
 # bad file.
+# "A && B || fail ..." below means: fail when A or B fails.
+# shellcheck disable=SC2015
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img qemu-io jq python3 || finish
@@ -79,7 +82,7 @@ for n in "${bad[@]}"; do
         l1-past-eof | l2-past-eof | data-past-eof) continue ;;
     esac
     # (qemu-img spins for ever on a self-backed image: hence the time limit)
-    if (cd src && timeout -k 2 10 qemu-img convert -U -O raw "$n.qcow2" ../work/o.raw) </dev/null >/dev/null 2>&1; then
+    if (cd src && timeout -k 1 3 qemu-img convert -U -O raw "$n.qcow2" ../work/o.raw) </dev/null >/dev/null 2>&1; then
         fail "$n/oracle" "qemu-img reads src/$n.qcow2 without an error: the test image is not broken"
     fi
     rm -f work/o.raw

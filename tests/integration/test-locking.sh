@@ -5,6 +5,9 @@
 # backing file held by qemu-io.  After qemu-io leaves, the view opens.  While
 # the view is open, a qemu-io read-write open is refused and a read-only one
 # is allowed.
+# "A && B || fail ..." below means: fail when A or B fails.
+# shellcheck disable=SC2015
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img qemu-io jq python3 mkfifo || finish

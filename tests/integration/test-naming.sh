@@ -4,6 +4,9 @@
 # mirrored, an external data file hidden, a backing file shown on its own;
 # attributes from the image file (size, mtime, st_blksize = cluster size,
 # stable inode numbers); and the mount is read-only (EROFS).
+# "A && B || fail ..." below means: fail when A or B fails.
+# shellcheck disable=SC2015
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img qemu-io jq python3 || finish

@@ -6,6 +6,9 @@
 # file, extended_l2=on with partial subcluster writes (alone and over a
 # backing file), an external data file with and without data_file_raw=on, and
 # a sparse raw .img.
+# "A && B || fail ..." below means: fail when A or B fails.
+# shellcheck disable=SC2015
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img qemu-io jq python3 || finish

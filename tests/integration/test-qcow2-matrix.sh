@@ -2,6 +2,9 @@
 # qcow2 v2 (compat=0.10) and v3 (compat=1.1) with cluster sizes 512 B, 4 KiB,
 # 64 KiB and 2 MiB, patterns at scattered offsets: every view must equal
 # qemu-img convert / map (sha, map, stat, cp --sparse, tar -S).
+# "A && B || fail ..." below means: fail when A or B fails.
+# shellcheck disable=SC2015
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img qemu-io jq python3 || finish
