@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/fs.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,6 +18,17 @@
 
 #define DEFAULT_CLUSTER_SIZE 65536
 
+/* The last message of the calling thread.  FUSE serves one image from many
+ * threads: a thread that saw a failure reads its own message here, while
+ * img->errmsg (for single-threaded callers) is written under a lock. */
+static __thread char last_error[IMG_ERRMSG_MAX];
+static pthread_mutex_t errmsg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+const char *img_last_error(void)
+{
+    return last_error;
+}
+
 /* Messages are cut at IMG_ERRMSG_MAX on purpose; going through vsnprintf
  * keeps that explicit. */
 static void set_errmsg(struct img *img, const char *fmt, ...)
@@ -25,8 +37,22 @@ static void set_errmsg(struct img *img, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(img->errmsg, sizeof(img->errmsg), fmt, ap);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
     va_end(ap);
+    pthread_mutex_lock(&errmsg_lock);
+    memcpy(img->errmsg, last_error, sizeof(img->errmsg));
+    pthread_mutex_unlock(&errmsg_lock);
+}
+
+const char *img_format_name(const struct img *img)
+{
+    return img->fmt ? img->fmt->name : NULL;
+}
+
+const char *img_probe_name(int fd, const char *filename)
+{
+    const struct img_format *f = img_probe(fd, filename);
+    return f ? f->name : NULL;
 }
 
 int img_error(struct img *img, int err, const char *fmt, ...)

@@ -101,6 +101,14 @@ int img_data_bytes(struct img *img, uint64_t *bytes);
 /* Probe the file's format: the driver with the highest score. */
 const struct img_format *img_probe(int fd, const char *filename);
 
+/* The last failure message of the calling thread (any image): what a
+ * multi-threaded caller should log instead of img->errmsg. */
+const char *img_last_error(void);
+
+/* Name of the image's driver ("qcow2"), or of the probed format. */
+const char *img_format_name(const struct img *img);
+const char *img_probe_name(int fd, const char *filename);
+
 /* Record a failure on `img`: "PATH: message".  Returns -err so that a
  * driver can write `return img_error(img, EINVAL, "...", ...)`. */
 int img_error(struct img *img, int err, const char *fmt, ...)

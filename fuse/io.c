@@ -163,10 +163,12 @@ static int push_extent(struct reply *rp, const struct img_extent *ext)
     return push_decoded(rp, ext);
 }
 
-/* Failures of the image itself are logged once, with the file's name. */
-static int image_fault(struct img *img, const struct img_extent *ext, int r)
+/* Failures of the image itself are logged once, with the file's name.  The
+ * message is this thread's own: other threads may be failing on the same
+ * image at the same moment. */
+static int image_fault(int r)
 {
-    const char *msg = ext->layer && ext->layer->errmsg[0] ? ext->layer->errmsg : img->errmsg;
+    const char *msg = img_last_error();
     if (msg[0])
         log_once(msg);
     return r == -ENOMEM ? r : -EIO;
@@ -182,7 +184,7 @@ static int build_reply(struct reply *rp, struct img *img, uint64_t off, uint64_t
         if (r == 0)
             r = push_extent(rp, &ext);
         if (r < 0)
-            return image_fault(img, &ext, r);
+            return image_fault(r);
         pos += ext.len;
     }
     return 0;
@@ -228,7 +230,7 @@ static int64_t seek_in_map(struct img *img, uint64_t off, bool want_data)
         if (r == 0 && ext.len == 0)
             r = -EIO;
         if (r < 0)
-            return image_fault(img, &ext, r);
+            return image_fault(r);
         if ((ext.kind == IMG_DATA) == want_data)
             return (int64_t)pos;
         pos += ext.len;

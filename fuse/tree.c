@@ -7,7 +7,6 @@
  * short, non-blocking work. */
 #include "imgfs.h"
 #include "strmap.h"
-#include "core/format.h"   /* the driver name only */
 
 #include <dirent.h>
 #include <errno.h>
@@ -161,10 +160,10 @@ static const char *pick_format(const struct node *n)
         return NULL;
     const char *base = strrchr(n->rel, '/');
     base = base ? base + 1 : n->rel;
-    const struct img_format *f = img_probe(fd, base);
+    const char *fmt = img_probe_name(fd, base);
     close(fd);
-    if (f && strcmp(f->name, "raw") != 0)
-        return f->name;
+    if (fmt && strcmp(fmt, "raw") != 0)
+        return fmt;
     return name_has_raw_suffix(base) ? "raw" : NULL;
 }
 
@@ -203,7 +202,7 @@ static void probe_locked(struct node *n, const struct stat *st)
     n->real = path ? realpath(path, NULL) : NULL;
     if (path && img_open(path, &o, &img, err, sizeof(err)) == 0) {
         n->is_image = true;
-        n->fmt = img->fmt->name;
+        n->fmt = img_format_name(img);
         n->vsize = img->size;
         n->cluster = img->cluster_size;
         add_companions(img);
