@@ -8,7 +8,8 @@ Prints tab-separated lines:
   check  IMAGE VIEW SHA256_RAW SIZE MAP_JSON CLUSTER
                                        VIEW must exist and read as the manifest says
   maybe  IMAGE VIEW SHA256_RAW SIZE    VIEW may be absent; if shown it must read so
-  refuse IMAGE VIEW                    VIEW absent or failing; the log names IMAGE
+  refuse IMAGE VIEW REASON             VIEW absent or failing; a log line names
+                                       IMAGE and matches REASON (grep -E)
   hidden IMAGE VIEW                    a companion: VIEW must not exist
 
 Which rows and what to expect (DESIGN.md, "The mount"):
@@ -40,8 +41,11 @@ import re
 import sys
 
 RAW_SUFFIXES = (".img", ".raw", ".iso", ".dd", ".bin")
-REFUSE = {"cdi/cirros-snapshot1.qcow2", "cdi/cirros-snapshot2.qcow2",
-          "cdi/invalid-qcow-large-memory.img"}
+# image: what the log line must say besides the name (the missing backing
+# file; the oversized table)
+REFUSE = {"cdi/cirros-snapshot1.qcow2": "cirros\\.raw",
+          "cdi/cirros-snapshot2.qcow2": "cirros\\.raw",
+          "cdi/invalid-qcow-large-memory.img": "L1|large|absurd|too big|capacity|size"}
 
 
 def image_name(stored, compression):
@@ -88,7 +92,7 @@ def main():
         fmt, status = r["format"], r["qemu_status"]
         if img in REFUSE:
             fetch(r["file"])
-            out.append(("refuse", img, view_name(img)))
+            out.append(("refuse", img, view_name(img), REFUSE[img]))
             continue
         if fmt not in ("qcow2", "raw") or status != "ok":
             continue

@@ -85,11 +85,12 @@ while IFS=$'\t' read -r kind img view sha size mapj cluster; do
                 *) fail "$img/refused" "mnt/$view: $out (qemu refuses this image)" ;;
             esac
             say "    $img: $out"
-            if grep -q -F "$(basename "$img")" "$IMGFS_LOG"; then
+            reason=$sha   # 4th column of a refuse line
+            if grep -F "$(basename "$img")" "$IMGFS_LOG" | grep -q -i -E "$reason"; then
                 pass "$img/logged"
                 say "    log: $(grep -F "$(basename "$img")" "$IMGFS_LOG" | head -n 1)"
             else
-                fail "$img/logged" "no line of the imgfs log names $(basename "$img")"
+                fail "$img/logged" "no line of the imgfs log names $(basename "$img") with the reason (/$reason/)"
             fi
             ;;
         hidden)
