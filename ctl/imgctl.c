@@ -7,6 +7,8 @@
 extern const struct ctl_cmd ctl_cmd_info, ctl_cmd_map, ctl_cmd_check, ctl_cmd_compare,
     ctl_cmd_create, ctl_cmd_resize;
 
+extern const struct ctl_cmd ctl_cmd_convert, ctl_cmd_commit, ctl_cmd_rebase;
+
 /* Subcommands, in the order `imgctl --help` lists them. */
 static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_info,
@@ -15,6 +17,9 @@ static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_compare,
     &ctl_cmd_create,
     &ctl_cmd_resize,
+    &ctl_cmd_convert,
+    &ctl_cmd_commit,
+    &ctl_cmd_rebase,
     NULL,
 };
 
