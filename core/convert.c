@@ -482,8 +482,11 @@ static void *worker_main(void *arg)
         bool skip = cx->failed;
         pthread_mutex_unlock(&cx->lock);
         int r = skip ? 0 : run_op(cx, op);
+        /* This thread's own message: another writer may be failing too.
+         * A fresh worker thread has no older message. */
         if (r < 0)
-            record_error(cx, true, op->off, cx->o->dst->errmsg, r);
+            record_error(cx, true, op->off,
+                         img_last_error()[0] ? img_last_error() : cx->o->dst->errmsg, r);
         pthread_mutex_lock(&cx->lock);
         if (--win->pending == 0) {
             win->state = WIN_FREE;
