@@ -51,12 +51,20 @@ def data_runs(entries):
 
 
 def strip_offsets(entries):
+    """Drop offsets of non-data entries, then merge what that made alike
+    (qemu splits a zero run where its host offsets stop being contiguous)."""
     out = []
     for e in entries:
         e = dict(e)
         if not e["data"]:
             e.pop("offset", None)
-        out.append(e)
+        last = out[-1] if out else None
+        if (last and not e["data"] and last["start"] + last["length"] == e["start"] and
+                {k: v for k, v in last.items() if k not in ("start", "length")} ==
+                {k: v for k, v in e.items() if k not in ("start", "length")}):
+            last["length"] += e["length"]
+        else:
+            out.append(e)
     return out
 
 
@@ -78,8 +86,13 @@ def main():
     extra = sys.argv[4:]
     with open(ours) as f:
         o = json.load(f)
-    with open(qemu) as f:
-        q = json.load(f)
+    if qemu.endswith(".xz"):
+        import lzma
+        with lzma.open(qemu, "rt") as f:
+            q = json.load(f)
+    else:
+        with open(qemu) as f:
+            q = json.load(f)
     if what == "info":
         err = cmp_info(o, q, "--actual" in extra)
     else:
