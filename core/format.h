@@ -18,6 +18,11 @@ struct img_create_opts {
                                     error naming it */
 };
 
+/* Thread safety of the write entries: the core calls write, write_compressed,
+ * write_zeroes and discard of one image from several threads at once (convert
+ * compresses in parallel), so a driver serialises its metadata updates
+ * itself and does its heavy work (compression) outside its lock. */
+
 /* Results of a consistency check, with qemu-img check's meanings. */
 struct img_check {
     uint64_t corruptions, leaks, check_errors;
@@ -85,6 +90,9 @@ struct img_format {
      * driver free the clusters when that reads the same (no backing). */
     int (*write_zeroes)(struct img *img, uint64_t off, uint64_t len,
                         bool may_unmap);
+    /* Make [off, off+len) unallocated in this layer, so that it reads from
+     * the backing chain again (commit empties the top this way). */
+    int (*discard)(struct img *img, uint64_t off, uint64_t len);
     /* Everything written so far is on stable storage when this returns. */
     int (*flush)(struct img *img);
     /* Record another backing file (rebase, commit); NULL file = none. */
