@@ -256,6 +256,13 @@ cleanup() {
         unmount_fuse "${MOUNTS[$i]}" || say "cleanup: could not unmount ${MOUNTS[$i]}"
         stop_pid "${MOUNT_PIDS[$i]}"
     done
+    # A sanitizer build (build-asan) reports into the daemon's log.
+    for m in "$T"/imgfs.*.log; do
+        [ -s "$m" ] || continue
+        if grep -q -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$m"; then
+            fail "sanitizer:$(basename "$m" .log)" "$(grep -m 1 -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$m")"
+        fi
+    done
     if [ "$N_FAIL" -gt 0 ]; then
         for m in "$T"/imgfs.*.log; do
             [ -s "$m" ] || continue
