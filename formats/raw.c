@@ -3,6 +3,7 @@
 #include "core/format.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +21,27 @@ static int raw_probe(const uint8_t *head, size_t len, const char *filename)
     return 1;
 }
 
+/* The last run that SEEK_DATA / SEEK_HOLE found.  On tmpfs SEEK_HOLE walks
+ * every page up to the hole, so asking again for each 1 MiB read of a large
+ * allocated run would make a sequential read quadratic. */
+struct raw_state {
+    pthread_mutex_t lock;
+    bool valid;
+    uint64_t start, end;
+    enum img_kind kind;
+};
+
 static int raw_open(struct img *img, const struct img_open_opts *o)
 {
     (void)o;
     int64_t size = img_fd_size(img->fd);
     if (size < 0)
         return img_error(img, (int)-size, "cannot get the size: %s", strerror((int)-size));
+    struct raw_state *s = calloc(1, sizeof(*s));
+    if (!s)
+        return img_error(img, ENOMEM, "out of memory");
+    pthread_mutex_init(&s->lock, NULL);
+    img->priv = s;
     img->size = (uint64_t)size;
     img->cluster_size = RAW_BLKSIZE;
     return 0;
@@ -33,34 +49,65 @@ static int raw_open(struct img *img, const struct img_open_opts *o)
 
 static void raw_close(struct img *img)
 {
-    (void)img;
+    struct raw_state *s = img->priv;
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+    img->priv = NULL;
+}
+
+static void forget_run(struct img *img)
+{
+    struct raw_state *s = img->priv;
+    pthread_mutex_lock(&s->lock);
+    s->valid = false;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The whole run of data or hole that contains `off`, asked of the host. */
+static void find_run(struct img *img, uint64_t off, struct raw_state *run)
+{
+    run->start = off;
+    run->end = img->size;
+    off_t data = lseek(img->fd, (off_t)off, SEEK_DATA);
+    if (data < 0 && errno != ENXIO) {
+        run->kind = IMG_DATA;   /* no SEEK_DATA here (or a device): all data */
+        return;
+    }
+    if (data < 0 || (uint64_t)data > off) {
+        run->kind = IMG_ZERO;
+        if (data >= 0 && (uint64_t)data < run->end)
+            run->end = (uint64_t)data;
+        return;
+    }
+    run->kind = IMG_DATA;
+    off_t hole = lseek(img->fd, (off_t)off, SEEK_HOLE);
+    if (hole > (off_t)off && (uint64_t)hole < run->end)
+        run->end = (uint64_t)hole;
 }
 
 static int raw_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
 {
-    uint64_t end = off + len;
+    struct raw_state *s = img->priv, run;
+    pthread_mutex_lock(&s->lock);
+    bool hit = s->valid && s->start <= off && off < s->end;
+    run = *s;
+    pthread_mutex_unlock(&s->lock);
+    if (!hit) {
+        find_run(img, off, &run);
+        pthread_mutex_lock(&s->lock);
+        s->valid = true;
+        s->start = run.start;
+        s->end = run.end;
+        s->kind = run.kind;
+        pthread_mutex_unlock(&s->lock);
+    }
     ext->off = off;
-    off_t data = lseek(img->fd, (off_t)off, SEEK_DATA);
-    if (data < 0 && errno != ENXIO)
-        goto plain;   /* no SEEK_DATA here (or a device): call it all data */
-    if (data < 0 || (uint64_t)data >= end) {
-        ext->kind = IMG_ZERO;
-        ext->len = len;
-        return 0;
+    ext->kind = run.kind;
+    ext->len = run.end - off < len ? run.end - off : len;
+    if (run.kind == IMG_DATA) {
+        ext->fd = img->fd;
+        ext->host_off = off;
     }
-    if ((uint64_t)data > off) {
-        ext->kind = IMG_ZERO;
-        ext->len = (uint64_t)data - off;
-        return 0;
-    }
-    off_t hole = lseek(img->fd, (off_t)off, SEEK_HOLE);
-    if (hole > (off_t)off && (uint64_t)hole < end)
-        end = (uint64_t)hole;
-plain:
-    ext->kind = IMG_DATA;
-    ext->len = end - off;
-    ext->fd = img->fd;
-    ext->host_off = off;
     return 0;
 }
 
@@ -162,6 +209,7 @@ static int raw_create(const char *path, const struct img_create_opts *o,
 static int raw_write(struct img *img, const void *buf, size_t len, uint64_t off)
 {
     const char *p = buf;
+    forget_run(img);
     while (len > 0) {
         ssize_t w = pwrite(img->fd, p, len, (off_t)off);
         if (w < 0 && errno == EINTR)
@@ -182,6 +230,7 @@ static int raw_write(struct img *img, const void *buf, size_t len, uint64_t off)
 static int raw_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool may_unmap)
 {
     int mode = may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+    forget_run(img);
     if (fallocate(img->fd, mode, (off_t)off, (off_t)len) == 0)
         return 0;
     if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
@@ -205,6 +254,7 @@ static int raw_resize(struct img *img, uint64_t new_size, bool shrink)
 {
     if (new_size < img->size && !shrink)
         return img_error(img, EINVAL, "Use the --shrink option to perform a shrink operation.");
+    forget_run(img);
     if (ftruncate(img->fd, (off_t)new_size) < 0)
         return img_error(img, errno, "resize: %s", strerror(errno));
     img->size = new_size;
