@@ -2,7 +2,7 @@
 #   make            build imgfs (and imgctl when present)
 #   make test       install what is missing, then unit (plain + ASan/UBSan) and integration tests
 #   make run        install what is missing, build, mount the bundled examples and show them
-#   make bench      throughput against the raw file and qemu-storage-daemon
+#   make bench      imgfs against the raw file and qemu-storage-daemon; imgctl against qemu-img
 #   make asan       sanitizer build in build-asan/ (same as SANITIZE=1)
 #   make install    PREFIX=/usr/local DESTDIR=
 
@@ -91,9 +91,12 @@ run: deps
 	$(MAKE) all
 	scripts/run-examples $(BUILD)
 
+# imgfs against the raw file and qemu-storage-daemon, then imgctl against
+# qemu-img (with the 50-kill crash test of convert and commit).
 bench: deps
 	$(MAKE) all
 	scripts/bench $(BUILD)
+	CRASH_RUNS=$${CRASH_RUNS:-50} scripts/bench-imgctl $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
