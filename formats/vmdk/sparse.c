@@ -11,16 +11,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FLAG_NL_DETECT   (1u << 0)
-#define FLAG_ZERO_GRAIN  (1u << 2)
-#define FLAG_MARKERS     (1u << 17)
-#define GD_AT_END        UINT64_MAX
+#define FLAG_NL_DETECT   VMDK_FLAG_NL_DETECT
+#define FLAG_ZERO_GRAIN  VMDK_FLAG_ZERO_GRAIN
+#define FLAG_MARKERS     VMDK_FLAG_MARKERS
+#define GD_AT_END        VMDK_GD_AT_END
 #define COMPRESS_NONE    0
-#define COMPRESS_DEFLATE 1
+#define COMPRESS_DEFLATE VMDK_COMPRESS_DEFLATE
 #define MARKER_EOS       0
 #define MARKER_FOOTER    3
-#define MARKER_SIZE      12     /* lba u64, size u32 */
-#define GTE_ZEROED       1
+#define MARKER_SIZE      VMDK_MARKER_SIZE
+#define GTE_ZEROED       VMDK_GTE_ZEROED
 /* VMware and QEMU write 64 KiB grains; 1 MiB bounds the buffers of a
  * compressed read without refusing anything a known tool makes. */
 #define MAX_GRAIN_SECTORS 2048
@@ -52,6 +52,24 @@ void vmdk_sparse_header_decode(const uint8_t *b, struct vmdk_sparse_header *h)
     h->grain_offset = get_le64(b + 64);
     h->check_bytes_ok = memcmp(b + 73, "\n \r\n", 4) == 0;
     h->compress_algorithm = get_le16(b + 77);
+}
+
+void vmdk_sparse_header_encode(uint8_t *b, const struct vmdk_sparse_header *h)
+{
+    memset(b, 0, VMDK_HEADER_SIZE);
+    memcpy(b, "KDMV", 4);
+    put_le32(b + 4, h->version);
+    put_le32(b + 8, h->flags);
+    put_le64(b + 12, h->capacity);
+    put_le64(b + 20, h->grain_sectors);
+    put_le64(b + 28, h->desc_offset);
+    put_le64(b + 36, h->desc_size);
+    put_le32(b + 44, h->gtes_per_gt);
+    put_le64(b + 48, h->rgd_offset);
+    put_le64(b + 56, h->gd_offset);
+    put_le64(b + 64, h->grain_offset);
+    memcpy(b + 73, "\n \r\n", 4);
+    put_le16(b + 77, h->compress_algorithm);
 }
 
 /* ---- open ---- */
@@ -196,7 +214,10 @@ int vmdk_sparse_open(struct img *img, int fd, const char *name, struct vmdk_spar
     sp->name = name;
     pthread_mutex_init(&sp->gt_lock, NULL);
     pthread_mutex_init(&sp->grain_lock, NULL);
+    pthread_mutex_init(&sp->write_lock, NULL);
     int r = set_up(img, sp);
+    if (r == 0 && img->read_write)
+        r = vmdk_sparse_prepare_write(img, sp);
     if (r < 0) {
         vmdk_sparse_close(sp);
         return r;
@@ -214,8 +235,11 @@ void vmdk_sparse_close(struct vmdk_sparse *sp)
     free(sp->slots);
     free(sp->gd);
     free(sp->grain_buf);
+    free(sp->rgd);
+    vmdk_stream_free(sp);
     pthread_mutex_destroy(&sp->gt_lock);
     pthread_mutex_destroy(&sp->grain_lock);
+    pthread_mutex_destroy(&sp->write_lock);
     free(sp);
 }
 
@@ -247,6 +271,10 @@ static int lookup_gte(struct img *img, struct vmdk_sparse *sp, uint64_t grain, u
 {
     uint32_t gt_index = (uint32_t)(grain / sp->h.gtes_per_gt);
     uint32_t in_gt = (uint32_t)(grain % sp->h.gtes_per_gt);
+    if (sp->stream && vmdk_stream_lookup(sp, grain, gte)) {
+        *run = 1;
+        return 0;
+    }
     if (sp->gd[gt_index] == 0) {
         *gte = 0;
         *run = sp->h.gtes_per_gt - in_gt;
@@ -262,6 +290,22 @@ static int lookup_gte(struct img *img, struct vmdk_sparse *sp, uint64_t grain, u
         *gte = slot->gtes[in_gt];
     pthread_mutex_unlock(&sp->gt_lock);
     return r;
+}
+
+int vmdk_sparse_gte(struct img *img, struct vmdk_sparse *sp, uint64_t grain, uint32_t *gte)
+{
+    uint64_t run;
+    return lookup_gte(img, sp, grain, gte, &run);
+}
+
+void vmdk_sparse_cache_gte(struct vmdk_sparse *sp, uint32_t gt_index, uint32_t in_gt,
+                           uint32_t gte)
+{
+    pthread_mutex_lock(&sp->gt_lock);
+    struct vmdk_gt_slot *slot = &sp->slots[gt_index % sp->n_slots];
+    if (slot->valid && slot->gt_index == gt_index)
+        slot->gtes[in_gt] = gte;
+    pthread_mutex_unlock(&sp->gt_lock);
 }
 
 struct grain_answer {

@@ -7,33 +7,13 @@
 #include "core/format.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define DEFAULT_GRAIN_BYTES 65536
 #define NO_PARENT_CID 0xffffffffu
-
-struct vmdk_extent {
-    uint64_t start, len;       /* guest bytes */
-    enum vmdk_ext_type type;
-    enum vmdk_access access;
-    int fd;                    /* companion fd (or the image's own), -1 for ZERO */
-    uint64_t flat_off;         /* FLAT: bytes into the file */
-    uint64_t file_size;        /* FLAT: bytes past it read as zeros */
-    struct vmdk_sparse *sp;    /* SPARSE */
-    char *name;                /* for messages */
-};
-
-struct vmdk {
-    struct vmdk_desc desc;
-    struct vmdk_extent *ext;
-    size_t n_ext;
-    /* parentCID is checked against the parent's CID on the first question
-     * that reaches the parent (the core opens the parent after us). */
-    pthread_mutex_t cid_lock;
-    int cid_state;             /* 0 unchecked, 1 good, -1 mismatch */
-};
 
 extern const struct img_format img_format_vmdk;
 
@@ -295,6 +275,11 @@ static void vmdk_close(struct img *img)
     struct vmdk *v = img->priv;
     if (!v)
         return;
+    /* A stream written since the last flush still lacks its tables and
+     * footer; close has no way to report a failure but the message. */
+    for (size_t i = 0; img->read_write && i < v->n_ext; i++)
+        if (v->ext[i].sp && v->ext[i].sp->stream)
+            vmdk_stream_finish(img, v->ext[i].sp);
     for (size_t i = 0; i < v->n_ext; i++) {
         vmdk_sparse_close(v->ext[i].sp);
         free(v->ext[i].name);
@@ -409,6 +394,130 @@ static int vmdk_read(struct img *img, void *buf, size_t len, uint64_t off)
     return vmdk_sparse_read(img, e->sp, buf, len, off - e->start);
 }
 
+/* ---- write side ---- */
+
+static int write_flat(struct img *img, struct vmdk_extent *e, const uint8_t *buf, uint64_t len,
+                      uint64_t rel)
+{
+    int r = vmdk_pwrite_all(e->fd, buf, len, e->flat_off + rel);
+    if (r < 0)
+        return img_error(img, -r, "%s: write at 0x%llx: %s", e->name,
+                         (unsigned long long)(e->flat_off + rel), strerror(-r));
+    if (e->file_size < e->flat_off + rel + len)
+        e->file_size = e->flat_off + rel + len;
+    return 0;
+}
+
+/* Holes where the caller allows it (a hole in a flat file reads as zeros
+ * and maps as ZERO); allocated zeros otherwise; plain zero writes where
+ * the file system has neither. */
+static int zero_flat(struct img *img, struct vmdk_extent *e, uint64_t len, uint64_t rel,
+                     bool may_unmap)
+{
+    uint64_t host = e->flat_off + rel;
+    if (host >= e->file_size)
+        return 0;   /* past the end of the file: reads as zeros already */
+    int mode = may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+    if (fallocate(e->fd, mode, (off_t)host, (off_t)len) == 0)
+        return 0;
+    enum { CHUNK = 1 << 20 };
+    uint8_t *z = calloc(1, CHUNK);
+    int r = z ? 0 : -ENOMEM;
+    for (uint64_t done = 0; r == 0 && done < len; done += CHUNK)
+        r = vmdk_pwrite_all(e->fd, z, len - done < CHUNK ? len - done : CHUNK, host + done);
+    free(z);
+    if (r < 0)
+        return img_error(img, -r, "%s: zeroing at 0x%llx: %s", e->name,
+                         (unsigned long long)host, strerror(-r));
+    return 0;
+}
+
+static int check_extent_writable(struct img *img, const struct vmdk_extent *e)
+{
+    if (!img->read_write)
+        return img_error(img, EROFS, "the image is open read-only");
+    if (e->type == VMDK_EXT_ZERO || e->access != VMDK_RW)
+        return img_error(img, EROFS, "extent '%s' at guest offset 0x%llx is not writable "
+                         "(%s)", e->name ? e->name : "(zero)", (unsigned long long)e->start,
+                         e->type == VMDK_EXT_ZERO ? "a ZERO extent" : "not RW");
+    return 0;
+}
+
+/* buf NULL = zeros. */
+static int write_piece(struct img *img, struct vmdk_extent *e, const uint8_t *buf,
+                       uint64_t len, uint64_t rel, bool may_unmap)
+{
+    int r = check_extent_writable(img, e);
+    if (r < 0)
+        return r;
+    if (e->type == VMDK_EXT_FLAT)
+        return buf ? write_flat(img, e, buf, len, rel) : zero_flat(img, e, len, rel, may_unmap);
+    if (buf)
+        return vmdk_sparse_write(img, e->sp, e->start, buf, len, rel);
+    return vmdk_sparse_zero(img, e->sp, e->start, len, rel);
+}
+
+static int write_across(struct img *img, const uint8_t *buf, uint64_t len, uint64_t off,
+                        bool may_unmap)
+{
+    struct vmdk *v = img->priv;
+    if (off > img->size || len > img->size - off)
+        return img_error(img, EINVAL, "write of 0x%llx+0x%llx passes the end of the disk",
+                         (unsigned long long)off, (unsigned long long)len);
+    while (len > 0) {
+        struct vmdk_extent *e = find_extent(v, off);
+        uint64_t rel = off - e->start;
+        uint64_t n = e->len - rel < len ? e->len - rel : len;
+        int r = write_piece(img, e, buf, n, rel, may_unmap);
+        if (r < 0)
+            return r;
+        off += n;
+        len -= n;
+        if (buf)
+            buf += n;
+    }
+    return 0;
+}
+
+static int vmdk_write(struct img *img, const void *buf, size_t len, uint64_t off)
+{
+    return write_across(img, buf, len, off, false);
+}
+
+/* Every grain of a streamOptimized disk is compressed anyway; other
+ * subformats have no compressed grains that VMware would read, so -c
+ * asks for a stream. */
+static int vmdk_write_compressed(struct img *img, const void *buf, size_t len, uint64_t off)
+{
+    struct vmdk *v = img->priv;
+    struct vmdk_extent *e = find_extent(v, off);
+    if (e->type != VMDK_EXT_SPARSE || !e->sp->compressed)
+        return img_error(img, ENOTSUP, "compressed writes need a streamOptimized VMDK "
+                         "(-o subformat=streamOptimized)");
+    return write_across(img, buf, len, off, false);
+}
+
+static int vmdk_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool may_unmap)
+{
+    return write_across(img, NULL, len, off, may_unmap);
+}
+
+static int vmdk_flush(struct img *img)
+{
+    struct vmdk *v = img->priv;
+    for (size_t i = 0; i < v->n_ext; i++) {
+        struct vmdk_extent *e = &v->ext[i];
+        int r = 0;
+        if (e->sp)
+            r = vmdk_sparse_flush(img, e->sp);
+        else if (e->fd >= 0 && fdatasync(e->fd) < 0)
+            r = img_error(img, errno, "%s: flush: %s", e->name, strerror(errno));
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 const struct img_format img_format_vmdk = {
     .name = "vmdk",
     .probe = vmdk_probe,
@@ -416,4 +525,9 @@ const struct img_format img_format_vmdk = {
     .close = vmdk_close,
     .map = vmdk_map,
     .read = vmdk_read,
+    .create = vmdk_create,
+    .write = vmdk_write,
+    .write_compressed = vmdk_write_compressed,
+    .write_zeroes = vmdk_write_zeroes,
+    .flush = vmdk_flush,
 };

@@ -106,6 +106,11 @@ struct vmdk_sparse {
     uint8_t *grain_buf;
     uint64_t cached_grain;
     bool grain_cached;
+    /* ---- write side (write.c, stream.c); unused when read-only ---- */
+    pthread_mutex_t write_lock;   /* one writer allocates at a time */
+    uint32_t *rgd;                /* redundant GD, or NULL */
+    uint64_t alloc_end;           /* where the next grain or table goes */
+    struct vmdk_stream *stream;   /* streamOptimized writer, or NULL */
 };
 
 /* Read and validate the sparse header of `fd` (one extent, or the image
@@ -119,5 +124,90 @@ int vmdk_sparse_map(struct img *img, struct vmdk_sparse *sp, uint64_t off, uint6
 /* Read compressed grains covering [off, off+len) (extent-relative). */
 int vmdk_sparse_read(struct img *img, struct vmdk_sparse *sp, void *buf, size_t len,
                      uint64_t off);
+
+/* ---- shared by the read and the write side ---- */
+
+#define VMDK_FLAG_NL_DETECT   (1u << 0)
+#define VMDK_FLAG_RGD         (1u << 1)
+#define VMDK_FLAG_ZERO_GRAIN  (1u << 2)
+#define VMDK_FLAG_COMPRESSED  (1u << 16)
+#define VMDK_FLAG_MARKERS     (1u << 17)
+#define VMDK_GD_AT_END        UINT64_MAX
+#define VMDK_COMPRESS_DEFLATE 1
+#define VMDK_GTE_ZEROED       1u
+#define VMDK_MARKER_SIZE      12u   /* lba u64, size u32 */
+
+/* Encode a header (magic included) into 512 bytes. */
+void vmdk_sparse_header_encode(uint8_t *buf, const struct vmdk_sparse_header *h);
+/* Grain table entry of `grain` as this layer sees it now (tables, or the
+ * stream writer's tables while it writes). */
+int vmdk_sparse_gte(struct img *img, struct vmdk_sparse *sp, uint64_t grain, uint32_t *gte);
+/* Replace the cached grain table entry after a write (no I/O). */
+void vmdk_sparse_cache_gte(struct vmdk_sparse *sp, uint32_t gt_index, uint32_t in_gt,
+                           uint32_t gte);
+
+/* ---- the driver's view of a disk (vmdk.c) ---- */
+
+struct vmdk_extent {
+    uint64_t start, len;       /* guest bytes */
+    enum vmdk_ext_type type;
+    enum vmdk_access access;
+    int fd;                    /* companion fd (or the image's own), -1 for ZERO */
+    uint64_t flat_off;         /* FLAT: bytes into the file */
+    uint64_t file_size;        /* FLAT: bytes past it read as zeros */
+    struct vmdk_sparse *sp;    /* SPARSE */
+    char *name;                /* for messages */
+};
+
+struct vmdk {
+    struct vmdk_desc desc;
+    struct vmdk_extent *ext;
+    size_t n_ext;
+    /* parentCID is checked against the parent's CID on the first question
+     * that reaches the parent (the core opens the parent after us). */
+    pthread_mutex_t cid_lock;
+    int cid_state;             /* 0 unchecked, 1 good, -1 mismatch */
+};
+
+/* ---- create (create.c) ---- */
+
+struct img_create_opts;
+int vmdk_create(const char *path, const struct img_create_opts *o, char *err, size_t errlen);
+
+/* ---- write side of hosted sparse and flat extents (write.c) ---- */
+
+/* Get a sparse extent ready for writes (img opened read-write). */
+int vmdk_sparse_prepare_write(struct img *img, struct vmdk_sparse *sp);
+/* Write / zero [off, off+len) of one extent (extent-relative); `guest`
+ * is the extent's start on the disk, for copy-on-write from the backing. */
+int vmdk_sparse_write(struct img *img, struct vmdk_sparse *sp, uint64_t guest,
+                      const uint8_t *buf, uint64_t len, uint64_t off);
+int vmdk_sparse_zero(struct img *img, struct vmdk_sparse *sp, uint64_t guest, uint64_t len,
+                     uint64_t off);
+int vmdk_sparse_flush(struct img *img, struct vmdk_sparse *sp);
+/* Write a whole buffer at `off` of `fd`, retrying short writes. */
+int vmdk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
+/* ---- streamOptimized writer (stream.c) ---- */
+
+/* Set up the writer on an extent that holds no grain yet; one that does
+ * is left sealed (writes are refused with a reason). */
+int vmdk_stream_open(struct img *img, struct vmdk_sparse *sp);
+void vmdk_stream_free(struct vmdk_sparse *sp);
+/* Is the stream being written (its tables live in memory)? */
+bool vmdk_stream_lookup(struct vmdk_sparse *sp, uint64_t grain, uint32_t *gte);
+int vmdk_stream_write(struct img *img, struct vmdk_sparse *sp, uint64_t guest,
+                      const uint8_t *buf, uint64_t len, uint64_t off);
+int vmdk_stream_zero(struct img *img, struct vmdk_sparse *sp, uint64_t guest, uint64_t len,
+                     uint64_t off);
+/* Seal the open grain, write queued grains, then the tables, footer and
+ * end-of-stream marker. */
+int vmdk_stream_finish(struct img *img, struct vmdk_sparse *sp);
+/* The metadata that ends a stream: grain tables (gts[i] NULL = empty),
+ * grain directory, footer (a copy of `h` with the GD offset) and EOS
+ * marker, built at byte `pos` (sector-aligned).  Returns a malloc'd
+ * buffer of *len bytes. */
+uint8_t *vmdk_stream_tail(const struct vmdk_sparse_header *h, uint32_t *const *gts,
+                          uint32_t gd_entries, uint64_t pos, size_t *len);
 
 #endif
