@@ -1,5 +1,5 @@
-/* vpc: Microsoft Virtual Hard Disk (VHD), read side; named "vpc" as qemu-img
- * names it.
+/* vpc: Microsoft Virtual Hard Disk (VHD), read and write side; named "vpc"
+ * as qemu-img names it.
  *
  * Big-endian throughout.  A 512-byte footer "conectix" closes the file; a
  * dynamic or differencing disk also keeps a copy at offset 0, followed by a
@@ -7,7 +7,8 @@
  * sector number per block).  Each allocated block is a sector bitmap
  * (block_size/512 bits rounded up to whole sectors) followed by the data.
  * The BAT (and, for differencing disks, the sector bitmaps) is loaded at
- * open and never changes, so map() needs no lock.
+ * open.  The BAT changes only when an image opened for writing allocates a
+ * block; then map() and the writers share s->lock.
  *
  * Behaviour follows qemu 7.2 (block/vpc.c), our oracle:
  *  - the footer at offset 0 decides dynamic/differencing; without it, the
@@ -30,9 +31,15 @@
 #include "core/bytes.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VHD_FOOTER_SIZE      512
@@ -74,6 +81,13 @@ struct vhd {
     uint8_t *bitmaps;
     uint32_t *slot;
     size_t stride;
+    /* Write side (dynamic disks): */
+    uint64_t bat_offset;
+    uint64_t next_block;       /* where the next block goes: past the BAT and
+                                  every allocated block (qemu's rule) */
+    uint8_t footer[VHD_FOOTER_SIZE];   /* rewritten at each new end */
+    uint8_t *block_buf;        /* bitmap + one block, for allocations */
+    pthread_mutex_t lock;      /* bat, next_block, block_buf when writable */
 };
 
 static int vhd_probe(const uint8_t *head, size_t len, const char *filename)
@@ -393,6 +407,23 @@ static int vhd_find_parent(struct img *img, const uint8_t *dh, uint64_t fsize)
     return r < 0 ? r : 0;
 }
 
+/* qemu's free_data_block_offset: the first sector past the BAT and past
+ * every allocated block.  Anything beyond it is unreferenced (an
+ * allocation that a crash cut short, the footer). */
+static uint64_t vhd_first_free_offset(const struct vhd *s)
+{
+    uint64_t next = (s->bat_offset + (uint64_t)s->n_bat * 4 + VHD_SECTOR - 1) /
+                    VHD_SECTOR * VHD_SECTOR;
+    for (uint32_t i = 0; i < s->n_bat; i++) {
+        if (s->bat[i] == VHD_BAT_UNUSED)
+            continue;
+        uint64_t end = (uint64_t)s->bat[i] * VHD_SECTOR + s->bitmap_bytes + s->block_size;
+        if (end > next)
+            next = end;
+    }
+    return next;
+}
+
 /* ---- open ---- */
 
 static int vhd_open_dynamic(struct img *img, struct vhd *s, const struct vhd_footer *f,
@@ -418,9 +449,11 @@ static int vhd_open_dynamic(struct img *img, struct vhd *s, const struct vhd_foo
     if (r < 0)
         return r;
     s->n_bat = max_entries;
-    r = vhd_load_bat(img, s, get_be64(dh + 16), fsize);
+    s->bat_offset = get_be64(dh + 16);
+    r = vhd_load_bat(img, s, s->bat_offset, fsize);
     if (r < 0)
         return r;
+    s->next_block = vhd_first_free_offset(s);
     img->cluster_size = s->block_size;
     if (s->type != VHD_TYPE_DIFF)
         return 0;
@@ -455,8 +488,10 @@ static int vhd_open(struct img *img, const struct img_open_opts *o)
     struct vhd *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    pthread_mutex_init(&s->lock, NULL);
     img->priv = s;   /* freed by vhd_close, also when open fails */
     s->type = f.disk_type;
+    memcpy(s->footer, buf, sizeof(s->footer));
     if (s->type == VHD_TYPE_FIXED) {
         if (img->size > (uint64_t)fsize - footer_len)
             return img_error(img, EINVAL, "virtual size %llu is larger than the %llu bytes of "
@@ -473,6 +508,8 @@ static void vhd_close(struct img *img)
     free(s->bat);
     free(s->bitmaps);
     free(s->slot);
+    free(s->block_buf);
+    pthread_mutex_destroy(&s->lock);
     free(s);
     img->priv = NULL;
 }
@@ -515,7 +552,8 @@ static struct vhd_run vhd_run_at(const struct vhd *s, uint64_t off)
     return run;
 }
 
-static int vhd_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
+static int vhd_map_locked(struct img *img, uint64_t off, uint64_t len,
+                          struct img_extent *ext)
 {
     const struct vhd *s = img->priv;
     ext->off = off;
@@ -545,10 +583,472 @@ static int vhd_map(struct img *img, uint64_t off, uint64_t len, struct img_exten
     return 0;
 }
 
+/* The BAT changes only under a writer, so read-only images skip the lock. */
+static int vhd_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
+{
+    struct vhd *s = img->priv;
+    if (!img->read_write)
+        return vhd_map_locked(img, off, len, ext);
+    pthread_mutex_lock(&s->lock);
+    int r = vhd_map_locked(img, off, len, ext);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+/* ==== write side ====
+ *
+ * Fixed disks: the data area is the disk; writes go straight to it.
+ * Dynamic disks allocate a block at next_block, in this order:
+ *   1. the footer at the new end of the file (next_block + bitmap + block);
+ *   2. the sector bitmap (all ones, as qemu writes it) and the whole block:
+ *      the caller's bytes, zeros around them.  This overwrites the old
+ *      footer, which step 1 has already replaced;
+ *   3. the BAT entry.
+ * After a kill at any step the file ends in a valid footer, and the BAT
+ * names only blocks whose bytes are written: steps 1 and 2 alone leave
+ * unreferenced bytes before the footer that the next allocation reuses
+ * (next_block is computed from the BAT, not from the file size).  qemu
+ * 7.2 orders it bitmap, footer, BAT entry, then data, so a kill can leave
+ * it without a footer at the end or with a block of zeros in the BAT.
+ * Nothing is synced between steps (as in qemu): after a power loss, only
+ * what the last flush covered is promised.  Differencing disks are not
+ * written: a partial block would need its parent's bytes and bitmap bits
+ * per sector. */
+
+/* Test seam: when set, called after each numbered allocation step, so that
+ * the crash tests can stop the process between two steps. */
+void (*imgfs_vhd_alloc_step_hook)(int step);
+
+static void vhd_step_done(int step)
+{
+    if (imgfs_vhd_alloc_step_hook)
+        imgfs_vhd_alloc_step_hook(step);
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        p += w;
+        len -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+static int vhd_write_error(struct img *img, int r, const char *what, uint64_t off)
+{
+    return img_error(img, -r, "writing the %s at 0x%llx: %s", what, (unsigned long long)off,
+                     strerror(-r));
+}
+
+/* Step 1: the footer at `end`; a longer file (a cut-short allocation
+ * before) is cut back so that the footer is its last sector. */
+static int vhd_move_footer(struct img *img, struct vhd *s, uint64_t end)
+{
+    int r = pwrite_all(img->fd, s->footer, VHD_FOOTER_SIZE, end);
+    if (r < 0)
+        return vhd_write_error(img, r, "footer", end);
+    int64_t fsize = img_fd_size(img->fd);
+    if (fsize > 0 && (uint64_t)fsize > end + VHD_FOOTER_SIZE &&
+        ftruncate(img->fd, (off_t)(end + VHD_FOOTER_SIZE)) < 0)
+        return img_error(img, errno, "cutting the file after its footer: %s", strerror(errno));
+    return 0;
+}
+
+/* Steps 1-3 above for block `block`, holding s->lock. */
+static int vhd_allocate(struct img *img, struct vhd *s, uint32_t block, uint32_t in,
+                        const void *buf, uint32_t len)
+{
+    uint64_t at = s->next_block, span = (uint64_t)s->bitmap_bytes + s->block_size;
+    if (at / VHD_SECTOR >= VHD_BAT_UNUSED)
+        return img_error(img, EFBIG, "no room for block %u: the file passes what a BAT entry "
+                         "can address", block);
+    if (!s->block_buf && !(s->block_buf = malloc(span)))
+        return img_error(img, ENOMEM, "cannot allocate a block buffer");
+    int r = vhd_move_footer(img, s, at + span);
+    if (r < 0)
+        return r;
+    vhd_step_done(1);
+    memset(s->block_buf, 0xff, s->bitmap_bytes);
+    memset(s->block_buf + s->bitmap_bytes, 0, s->block_size);
+    memcpy(s->block_buf + s->bitmap_bytes + in, buf, len);
+    r = pwrite_all(img->fd, s->block_buf, span, at);
+    if (r < 0)
+        return vhd_write_error(img, r, "new block", at);
+    s->next_block = at + span;   /* the space is spent, even if step 3 fails */
+    vhd_step_done(2);
+    uint8_t entry[4];
+    put_be32(entry, (uint32_t)(at / VHD_SECTOR));
+    r = pwrite_all(img->fd, entry, sizeof(entry), s->bat_offset + 4ull * block);
+    if (r < 0)
+        return vhd_write_error(img, r, "BAT entry", s->bat_offset + 4ull * block);
+    s->bat[block] = (uint32_t)(at / VHD_SECTOR);
+    vhd_step_done(3);
+    return 0;
+}
+
+/* Where guest offset `off` of an allocated block lies in the file, or 0
+ * when the block is unallocated. */
+static uint64_t vhd_host_offset(const struct vhd *s, uint32_t block, uint32_t in)
+{
+    if (s->bat[block] == VHD_BAT_UNUSED)
+        return 0;
+    return (uint64_t)s->bat[block] * VHD_SECTOR + s->bitmap_bytes + in;
+}
+
+/* Write within one block.  An allocated block never moves, so its bytes
+ * are written without the lock. */
+static int vhd_write_in_block(struct img *img, struct vhd *s, uint32_t block, uint32_t in,
+                              const void *buf, uint32_t len)
+{
+    pthread_mutex_lock(&s->lock);
+    uint64_t host = vhd_host_offset(s, block, in);
+    if (!host) {
+        int r = vhd_allocate(img, s, block, in, buf, len);
+        pthread_mutex_unlock(&s->lock);
+        return r;
+    }
+    pthread_mutex_unlock(&s->lock);
+    int r = pwrite_all(img->fd, buf, len, host);
+    return r < 0 ? vhd_write_error(img, r, "data", host) : 0;
+}
+
+static int vhd_check_write(struct img *img, const struct vhd *s, uint64_t off, uint64_t len)
+{
+    if (!img->read_write)
+        return img_error(img, EROFS, "image not opened for writing");
+    if (s->type == VHD_TYPE_DIFF)
+        return img_error(img, ENOTSUP, "writing to differencing VHDs is not supported");
+    if (off > img->size || len > img->size - off)
+        return img_error(img, EINVAL, "write of %llu bytes at %llu passes the end of the disk "
+                         "(%llu bytes)", (unsigned long long)len, (unsigned long long)off,
+                         (unsigned long long)img->size);
+    return 0;
+}
+
+static int vhd_write(struct img *img, const void *buf, size_t len, uint64_t off)
+{
+    struct vhd *s = img->priv;
+    int r = vhd_check_write(img, s, off, len);
+    if (r == 0 && s->type == VHD_TYPE_FIXED) {
+        r = pwrite_all(img->fd, buf, len, off);
+        return r < 0 ? vhd_write_error(img, r, "data", off) : 0;
+    }
+    const uint8_t *p = buf;
+    while (r == 0 && len > 0) {
+        uint32_t block = (uint32_t)(off / s->block_size);
+        uint32_t in = (uint32_t)(off % s->block_size);
+        uint32_t n = s->block_size - in;
+        if (n > len)
+            n = (uint32_t)len;
+        r = vhd_write_in_block(img, s, block, in, p, n);
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return r;
+}
+
+/* Zeros in the host file: a hole when allowed, an allocated zero range
+ * otherwise, plain zero writes where the file system has neither. */
+static int zero_host_range(int fd, uint64_t off, uint64_t len, bool may_unmap)
+{
+    int mode = may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+    if (len == 0 || fallocate(fd, mode, (off_t)off, (off_t)len) == 0)
+        return 0;
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+        return -errno;
+    static const uint8_t zeros[65536];
+    while (len > 0) {
+        size_t n = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
+        int r = pwrite_all(fd, zeros, n, off);
+        if (r < 0)
+            return r;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Unallocated blocks already read as zeros and stay unallocated; allocated
+ * ones keep their place and get zeros (a BAT entry is never taken back:
+ * qemu would not reuse the space, and other tools expect blocks in order). */
+static int vhd_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool may_unmap)
+{
+    struct vhd *s = img->priv;
+    int r = vhd_check_write(img, s, off, len);
+    if (r == 0 && s->type == VHD_TYPE_FIXED) {
+        r = zero_host_range(img->fd, off, len, may_unmap);
+        return r < 0 ? vhd_write_error(img, r, "zeros", off) : 0;
+    }
+    while (r == 0 && len > 0) {
+        uint32_t block = (uint32_t)(off / s->block_size);
+        uint32_t in = (uint32_t)(off % s->block_size);
+        uint64_t n = s->block_size - in < len ? s->block_size - in : len;
+        pthread_mutex_lock(&s->lock);
+        uint64_t host = vhd_host_offset(s, block, in);
+        pthread_mutex_unlock(&s->lock);
+        if (host && (r = zero_host_range(img->fd, host, n, may_unmap)) < 0)
+            r = vhd_write_error(img, r, "zeros", host);
+        off += n;
+        len -= n;
+    }
+    return r;
+}
+
+static int vhd_flush(struct img *img)
+{
+    if (fdatasync(img->fd) < 0)
+        return img_error(img, errno, "flush: %s", strerror(errno));
+    return 0;
+}
+
+/* ---- create, as qemu-img create -f vpc [-o subformat=,force_size=] ---- */
+
+#define VHD_BLOCK_SIZE_DEFAULT  (2u << 20)
+#define VHD_TIMESTAMP_BASE      946684800   /* 2000-01-01 00:00:00 UTC */
+#define VHD_DYNHDR_OFFSET       VHD_FOOTER_SIZE
+#define VHD_BAT_OFFSET          (VHD_DYNHDR_OFFSET + VHD_DYNHDR_SIZE)
+
+struct vhd_layout {
+    bool fixed, force_size;
+    uint64_t size;        /* current size in bytes */
+    uint16_t cyls;
+    uint8_t heads, secs;
+};
+
+/* The CHS geometry of the VHD specification (appendix "CHS calculation")
+ * for a number of sectors. */
+static void vhd_geometry(uint64_t sectors, struct vhd_layout *l)
+{
+    uint64_t secs, heads, cyl_heads;
+    if (sectors > VHD_MAX_GEOMETRY)
+        sectors = VHD_MAX_GEOMETRY;
+    if (sectors >= 65535ull * 16 * 63) {
+        secs = 255;
+        heads = 16;
+        cyl_heads = sectors / secs;
+    } else {
+        secs = 17;
+        cyl_heads = sectors / secs;
+        heads = (cyl_heads + 1023) / 1024;
+        if (heads < 4)
+            heads = 4;
+        if (cyl_heads >= heads * 1024 || heads > 16) {
+            secs = 31;
+            heads = 16;
+            cyl_heads = sectors / secs;
+        }
+        if (cyl_heads >= heads * 1024) {
+            secs = 63;
+            heads = 16;
+            cyl_heads = sectors / secs;
+        }
+    }
+    l->cyls = (uint16_t)(cyl_heads / heads);   /* <= 65535 by the bounds above */
+    l->heads = (uint8_t)heads;
+    l->secs = (uint8_t)secs;
+}
+
+static uint64_t chs_sectors(const struct vhd_layout *l)
+{
+    return (uint64_t)l->cyls * l->heads * l->secs;
+}
+
+/* The size as qemu 7.2 settles it: rounded up to sectors, then, unless
+ * force_size, up to the first geometry that holds it; readers that go by
+ * the geometry (creator "qemu") then see exactly that size.  With
+ * force_size, or past what a geometry can hold, the geometry is the
+ * maximal one and the size stays as asked (creator "qem2", or the maximal
+ * geometry, tell readers to take current_size). */
+static int vhd_settle_size(uint64_t asked, struct vhd_layout *l)
+{
+    if (asked > VHD_MAX_SECTORS * VHD_SECTOR)
+        return -EFBIG;
+    uint64_t sectors = (asked + VHD_SECTOR - 1) / VHD_SECTOR;
+    l->cyls = 65535;
+    l->heads = 16;
+    l->secs = 255;
+    if (!l->force_size && sectors < VHD_MAX_GEOMETRY) {
+        l->cyls = l->heads = l->secs = 0;
+        for (uint64_t n = sectors; chs_sectors(l) < sectors; n++)
+            vhd_geometry(n, l);
+    }
+    l->size = chs_sectors(l) == VHD_MAX_GEOMETRY ? sectors * VHD_SECTOR
+                                                 : chs_sectors(l) * VHD_SECTOR;
+    return 0;
+}
+
+/* A random (version 4) UUID, stored big-endian as the spec stores it. */
+static void vhd_random_uuid(uint8_t uuid[16])
+{
+    if (getrandom(uuid, 16, 0) != 16) {
+        for (int i = 0; i < 16; i++)   /* no entropy source: still unique enough */
+            uuid[i] = (uint8_t)(rand() ^ (getpid() >> (i % 4)));
+    }
+    uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40);
+    uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80);
+}
+
+/* The footer with qemu 7.2's identity fields: readers (qemu's, ours) pick
+ * the size rule by the creator application, "qemu" = geometry and "qem2"
+ * = current_size, so those exact names carry the meaning of force_size. */
+static void vhd_build_footer(uint8_t *f, const struct vhd_layout *l)
+{
+    memset(f, 0, VHD_FOOTER_SIZE);
+    memcpy(f, "conectix", 8);
+    put_be32(f + 8, 2);                        /* features: "reserved", always set */
+    put_be32(f + 12, 0x00010000);              /* format version 1.0 */
+    put_be64(f + 16, l->fixed ? ~0ull : VHD_DYNHDR_OFFSET);
+    put_be32(f + 24, (uint32_t)(time(NULL) - VHD_TIMESTAMP_BASE));
+    memcpy(f + 28, l->force_size ? "qem2" : "qemu", 4);
+    put_be32(f + 32, 0x00050003);              /* creator version, as qemu's */
+    memcpy(f + 36, "Wi2k", 4);
+    put_be64(f + 40, l->size);                 /* original size */
+    put_be64(f + 48, l->size);                 /* current size */
+    put_be16(f + 56, l->cyls);
+    f[58] = l->heads;
+    f[59] = l->secs;
+    put_be32(f + 60, l->fixed ? VHD_TYPE_FIXED : VHD_TYPE_DYNAMIC);
+    vhd_random_uuid(f + 68);
+    put_be32(f + 64, vhd_checksum(f, VHD_FOOTER_SIZE, 64));
+}
+
+static void vhd_build_dynhdr(uint8_t *h, uint32_t entries)
+{
+    memset(h, 0, VHD_DYNHDR_SIZE);
+    memcpy(h, "cxsparse", 8);
+    put_be64(h + 8, ~0ull);                    /* no next structure */
+    put_be64(h + 16, VHD_BAT_OFFSET);
+    put_be32(h + 24, 0x00010000);
+    put_be32(h + 28, entries);
+    put_be32(h + 32, VHD_BLOCK_SIZE_DEFAULT);
+    put_be32(h + 36, vhd_checksum(h, VHD_DYNHDR_SIZE, 36));
+}
+
+/* Footer copy, dynamic header, BAT (all unused, padded to a sector with
+ * more 0xff as qemu pads it), footer. */
+static int vhd_write_dynamic(int fd, const uint8_t *footer, uint64_t size)
+{
+    uint64_t entries = (size + VHD_BLOCK_SIZE_DEFAULT - 1) / VHD_BLOCK_SIZE_DEFAULT;
+    uint64_t bat_bytes = (entries * 4 + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+    uint8_t dynhdr[VHD_DYNHDR_SIZE];
+    vhd_build_dynhdr(dynhdr, (uint32_t)entries);
+    uint8_t *bat = malloc(bat_bytes + 1);
+    if (!bat)
+        return -ENOMEM;
+    memset(bat, 0xff, bat_bytes);
+    int r = pwrite_all(fd, footer, VHD_FOOTER_SIZE, 0);
+    if (r == 0)
+        r = pwrite_all(fd, dynhdr, sizeof(dynhdr), VHD_DYNHDR_OFFSET);
+    if (r == 0)
+        r = pwrite_all(fd, bat, bat_bytes, VHD_BAT_OFFSET);
+    if (r == 0)
+        r = pwrite_all(fd, footer, VHD_FOOTER_SIZE, VHD_BAT_OFFSET + bat_bytes);
+    free(bat);
+    return r;
+}
+
+/* Data area (sparse) and the footer after it. */
+static int vhd_write_fixed(int fd, const uint8_t *footer, uint64_t size)
+{
+    if (ftruncate(fd, (off_t)size) < 0)
+        return -errno;
+    return pwrite_all(fd, footer, VHD_FOOTER_SIZE, size);
+}
+
+static int create_fail(char *err, size_t errlen, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int create_fail(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -r;
+}
+
+/* qemu's bool options take on/off and their synonyms. */
+static int parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = { "on", "yes", "true", "y" };
+    static const char *const no[] = { "off", "no", "false", "n" };
+    for (size_t i = 0; i < 4; i++) {
+        if (strcmp(v, yes[i]) == 0 || strcmp(v, no[i]) == 0) {
+            *out = strcmp(v, yes[i]) == 0;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int vhd_parse_create_opts(const struct img_create_opts *o, struct vhd_layout *l,
+                                 char *err, size_t errlen)
+{
+    memset(l, 0, sizeof(*l));
+    if (o->backing_file)
+        return create_fail(err, errlen, ENOTSUP,
+                           "Backing file not supported for file format 'vpc'");
+    for (size_t i = 0; i < o->n_opts; i++) {
+        const char *k = o->opts[i].key, *v = o->opts[i].value;
+        if (strcmp(k, "size") == 0)
+            continue;   /* the caller folded it into o->size */
+        if (strcmp(k, "subformat") == 0) {
+            if (strcmp(v, "dynamic") != 0 && strcmp(v, "fixed") != 0)
+                return create_fail(err, errlen, EINVAL,
+                                   "Parameter 'subformat' does not accept value '%s'", v);
+            l->fixed = strcmp(v, "fixed") == 0;
+        } else if (strcmp(k, "force_size") == 0) {
+            if (parse_bool(v, &l->force_size) < 0)
+                return create_fail(err, errlen, EINVAL,
+                                   "Parameter 'force_size' expects 'on' or 'off'");
+        } else {
+            return create_fail(err, errlen, EINVAL, "Invalid parameter '%s'", k);
+        }
+    }
+    return 0;
+}
+
+static int vhd_create(const char *path, const struct img_create_opts *o, char *err,
+                      size_t errlen)
+{
+    struct vhd_layout l;
+    int r = vhd_parse_create_opts(o, &l, err, errlen);
+    if (r < 0)
+        return r;
+    if (vhd_settle_size(o->size, &l) < 0)
+        return create_fail(err, errlen, EFBIG, "The image size is too large for file format "
+                           "'vpc' (max 2040 GiB)");
+    uint8_t footer[VHD_FOOTER_SIZE];
+    vhd_build_footer(footer, &l);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return create_fail(err, errlen, errno, "Could not create '%s': %s", path,
+                           strerror(errno));
+    r = l.fixed ? vhd_write_fixed(fd, footer, l.size) : vhd_write_dynamic(fd, footer, l.size);
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r < 0)
+        return create_fail(err, errlen, -r, "Could not write '%s': %s", path, strerror(-r));
+    return 0;
+}
+
 const struct img_format img_format_vpc = {
     .name = "vpc",
     .probe = vhd_probe,
     .open = vhd_open,
     .close = vhd_close,
     .map = vhd_map,
+    .create = vhd_create,
+    .write = vhd_write,
+    .write_zeroes = vhd_write_zeroes,
+    .flush = vhd_flush,
 };

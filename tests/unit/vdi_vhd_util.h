@@ -117,6 +117,7 @@ static struct img *topen(const char *path, const char *format, char *err, size_t
 }
 
 /* Open must fail with a message containing `needle`. */
+__attribute__((unused))
 static void texpect_refused(const char *path, const char *format, const char *needle)
 {
     char err[IMG_ERRMSG_MAX];
@@ -388,6 +389,7 @@ static void texpect_real_ok(const char *file, const char *format, uint64_t size,
     img_close(img);
 }
 
+__attribute__((unused))
 static void texpect_real_from_manifest(const char *file, const char *format, bool compare_map)
 {
     struct real_entry e;
