@@ -1,4 +1,5 @@
-/* Bounded decompression: zlib (raw deflate or with header) and zstd.  Every
+/* Bounded compression and decompression: zlib (raw deflate or with header)
+ * and zstd.  Every
  * decoder writes into the caller's buffer only, and an attempt by the stream
  * to produce even one byte more is reported, so that a hostile image can
  * neither overrun a cluster buffer nor make us spin. */
@@ -9,6 +10,7 @@
 #include <stdint.h>
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 const char *decompress_kind_name(enum decompress_kind kind)
 {
@@ -134,6 +136,58 @@ ssize_t decompress_bounded(enum decompress_kind kind, const void *in, size_t in_
         return inflate_bounded(MAX_WBITS, in, in_len, out, out_len);
     case DECOMPRESS_ZSTD:
         return zstd_bounded(in, in_len, out, out_len);
+    }
+    return -EINVAL;
+}
+
+/* ---- compression ---- */
+
+static ssize_t deflate_bounded(int window_bits, const void *in, size_t in_len,
+                               void *out, size_t out_cap)
+{
+    if (in_len > UINT_MAX || out_cap > UINT_MAX)
+        return -EINVAL;
+    z_stream zs = { 0 };
+    /* memLevel 9 and the default level: what QEMU uses for qcow2 clusters. */
+    int r = deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, window_bits, 9,
+                         Z_DEFAULT_STRATEGY);
+    if (r != Z_OK)
+        return r == Z_MEM_ERROR ? -ENOMEM : -EINVAL;
+    zs.next_in = (Bytef *)in;
+    zs.avail_in = (uInt)in_len;
+    zs.next_out = out;
+    zs.avail_out = (uInt)out_cap;
+    r = deflate(&zs, Z_FINISH);
+    ssize_t ret = r == Z_STREAM_END ? (ssize_t)(out_cap - zs.avail_out)
+                : r == Z_OK || r == Z_BUF_ERROR ? -ENOSPC : -EINVAL;
+    deflateEnd(&zs);
+    return ret;
+}
+
+static ssize_t zstd_compress_bounded(const void *in, size_t in_len, void *out, size_t out_cap)
+{
+    /* ZSTD_compress stops with dstSize_tooSmall instead of writing past
+     * out_cap, so a tight buffer is safe and tells "does not shrink". */
+    size_t n = ZSTD_compress(out, out_cap, in, in_len, ZSTD_CLEVEL_DEFAULT);
+    if (!ZSTD_isError(n))
+        return n > SSIZE_MAX ? -EINVAL : (ssize_t)n;
+    switch (ZSTD_getErrorCode(n)) {
+    case ZSTD_error_dstSize_tooSmall: return -ENOSPC;
+    case ZSTD_error_memory_allocation: return -ENOMEM;
+    default: return -EINVAL;
+    }
+}
+
+ssize_t compress_bounded(enum decompress_kind kind, const void *in, size_t in_len,
+                         void *out, size_t out_cap)
+{
+    switch (kind) {
+    case DECOMPRESS_DEFLATE_RAW:
+        return deflate_bounded(-12, in, in_len, out, out_cap);
+    case DECOMPRESS_ZLIB:
+        return deflate_bounded(MAX_WBITS, in, in_len, out, out_cap);
+    case DECOMPRESS_ZSTD:
+        return zstd_compress_bounded(in, in_len, out, out_cap);
     }
     return -EINVAL;
 }

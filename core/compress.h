@@ -24,6 +24,15 @@ enum decompress_kind {
 ssize_t decompress_bounded(enum decompress_kind kind, const void *in, size_t in_len,
                            void *out, size_t out_len);
 
+/* Compress `in` into at most `out_cap` bytes of `out` as one complete stream
+ * of `kind` (DECOMPRESS_DEFLATE_RAW: raw deflate with a 4 KiB window, as QEMU
+ * writes qcow2 clusters; DECOMPRESS_ZSTD: one zstd frame).  Returns the
+ * stream's length, -ENOSPC when it does not fit in out_cap (the caller then
+ * stores the data uncompressed), -ENOMEM, or -EINVAL for sizes or kinds the
+ * encoder cannot take. */
+ssize_t compress_bounded(enum decompress_kind kind, const void *in, size_t in_len,
+                         void *out, size_t out_cap);
+
 /* "zlib", "zstd", ... for messages. */
 const char *decompress_kind_name(enum decompress_kind kind);
 

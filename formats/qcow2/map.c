@@ -115,15 +115,6 @@ bool qcow2_fits(int fd, int64_t *cached_size, uint64_t end)
 
 /* ---- the L2 table cache ---- */
 
-struct qcow2_l2_slot {
-    uint64_t l2_off;                 /* key: host offset of the table */
-    uint8_t *data;                   /* one cluster, entries big-endian */
-    unsigned refs;                   /* users working outside the lock */
-    bool evicted;                    /* left the cache while in use */
-    struct qcow2_l2_slot *hnext;     /* hash chain */
-    struct qcow2_l2_slot *prev, *next;   /* LRU list, head = newest */
-};
-
 int qcow2_cache_init(struct qcow2_l2_cache *c, uint32_t cluster_size)
 {
     memset(c, 0, sizeof(*c));
@@ -201,11 +192,17 @@ static struct qcow2_l2_slot *cache_find(struct qcow2_l2_cache *c, uint64_t l2_of
     return NULL;
 }
 
-/* Under the lock: drop the oldest table.  One still in use is only marked;
- * its last user frees it. */
-static void cache_evict_one(struct qcow2_l2_cache *c)
+/* Under the lock: drop the oldest clean table (a dirty one must reach the
+ * disk first).  One still in use is only marked; its last user frees it.
+ * False when every table is dirty: the cache then grows past its limit
+ * until the writer's next writeback. */
+static bool cache_evict_one(struct qcow2_l2_cache *c)
 {
     struct qcow2_l2_slot *s = c->lru_tail;
+    while (s && s->dirty)
+        s = s->prev;
+    if (!s)
+        return false;
     struct qcow2_l2_slot **pp = &c->buckets[bucket_of(c, s->l2_off)];
     while (*pp != s)
         pp = &(*pp)->hnext;
@@ -217,12 +214,13 @@ static void cache_evict_one(struct qcow2_l2_cache *c)
         free(s);
     } else
         s->evicted = true;
+    return true;
 }
 
 static void cache_insert(struct qcow2_l2_cache *c, struct qcow2_l2_slot *s)
 {
-    while (c->count >= c->max && c->lru_tail)
-        cache_evict_one(c);
+    while (c->count >= c->max && c->lru_tail && cache_evict_one(c))
+        ;
     unsigned b = bucket_of(c, s->l2_off);
     s->hnext = c->buckets[b];
     c->buckets[b] = s;
@@ -230,7 +228,7 @@ static void cache_insert(struct qcow2_l2_cache *c, struct qcow2_l2_slot *s)
     c->count++;
 }
 
-static void l2_put(struct qcow2 *q, struct qcow2_l2_slot *s)
+void qcow2_l2_put(struct qcow2 *q, struct qcow2_l2_slot *s)
 {
     pthread_mutex_lock(&q->cache.lock);
     bool gone = --s->refs == 0 && s->evicted;
@@ -268,7 +266,7 @@ static int l2_load(struct img *img, struct qcow2 *q, uint64_t l2_off, struct qco
 }
 
 /* The pinned L2 table at l2_off; release with l2_put. */
-static int l2_get(struct img *img, struct qcow2 *q, uint64_t l2_off, struct qcow2_l2_slot **out)
+int qcow2_l2_get(struct img *img, struct qcow2 *q, uint64_t l2_off, struct qcow2_l2_slot **out)
 {
     struct qcow2_l2_cache *c = &q->cache;
     pthread_mutex_lock(&c->lock);
@@ -298,6 +296,87 @@ static int l2_get(struct img *img, struct qcow2 *q, uint64_t l2_off, struct qcow
         s = fresh;
     *out = s;
     return 0;
+}
+
+/* ---- the writer's side of the cache (q->meta held exclusively) ---- */
+
+int qcow2_l2_new(struct qcow2 *q, uint64_t l2_off, struct qcow2_l2_slot **out)
+{
+    struct qcow2_l2_slot *s = calloc(1, sizeof(*s));
+    uint8_t *data = calloc(1, q->cluster_size);
+    if (!s || !data) {
+        free(s);
+        free(data);
+        return -ENOMEM;
+    }
+    s->l2_off = l2_off;
+    s->data = data;
+    s->refs = 1;
+    s->dirty = true;
+    struct qcow2_l2_cache *c = &q->cache;
+    pthread_mutex_lock(&c->lock);
+    /* A stale clean copy of a table that used to live here must go. */
+    struct qcow2_l2_slot *old = cache_find(c, l2_off);
+    if (old) {
+        old->refs--;
+        if (old->dirty)
+            c->dirty--;
+        old->dirty = false;
+        struct qcow2_l2_slot **pp = &c->buckets[bucket_of(c, l2_off)];
+        while (*pp != old)
+            pp = &(*pp)->hnext;
+        *pp = old->hnext;
+        lru_unlink(c, old);
+        c->count--;
+        if (old->refs == 0) {
+            free(old->data);
+            free(old);
+        } else
+            old->evicted = true;
+    }
+    cache_insert(c, s);
+    c->dirty++;
+    pthread_mutex_unlock(&c->lock);
+    *out = s;
+    return 0;
+}
+
+void qcow2_l2_mark_dirty(struct qcow2 *q, struct qcow2_l2_slot *s)
+{
+    pthread_mutex_lock(&q->cache.lock);
+    if (!s->dirty && !s->evicted) {
+        s->dirty = true;
+        q->cache.dirty++;
+    }
+    pthread_mutex_unlock(&q->cache.lock);
+}
+
+int qcow2_l2_writeback(struct img *img, struct qcow2 *q)
+{
+    struct qcow2_l2_cache *c = &q->cache;
+    int written = 0;
+    /* Only the writer dirties tables and it holds q->meta, so the set of
+     * dirty tables cannot change while we walk; the cache lock guards the
+     * list against readers inserting and evicting clean tables. */
+    pthread_mutex_lock(&c->lock);
+    for (struct qcow2_l2_slot *s = c->lru_head; s; s = s->next) {
+        if (!s->dirty)
+            continue;
+        s->refs++;
+        pthread_mutex_unlock(&c->lock);
+        int r = qcow2_pwrite(img, s->data, q->cluster_size, s->l2_off, "L2 table");
+        pthread_mutex_lock(&c->lock);
+        s->refs--;
+        if (r < 0) {
+            pthread_mutex_unlock(&c->lock);
+            return r;
+        }
+        s->dirty = false;
+        c->dirty--;
+        written++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return written;
 }
 
 /* ---- the map ---- */
@@ -434,7 +513,7 @@ static void extend_over_empty_l1(const struct qcow2 *q, struct img_extent *ext, 
     ext->len = (end < stop ? end : stop) - ext->off;
 }
 
-int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
+static int map_locked(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
 {
     struct qcow2 *q = img->priv;
     unsigned shift = q->geom.cluster_bits + q->l2_bits;   /* bytes per L2 table */
@@ -452,11 +531,11 @@ int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ex
         ext->fd = -1;
     } else {
         struct qcow2_l2_slot *slot;
-        r = l2_get(img, q, l2_off, &slot);
+        r = qcow2_l2_get(img, q, l2_off, &slot);
         if (r < 0)
             return r;
         r = scan_table(img, q, slot->data, off, table_end < stop ? table_end : stop, ext);
-        l2_put(q, slot);
+        qcow2_l2_put(q, slot);
         if (r < 0)
             return r;
     }
@@ -464,7 +543,29 @@ int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ex
     return 0;
 }
 
+int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_extent *ext)
+{
+    struct qcow2 *q = img->priv;
+    if (!q->w)
+        return map_locked(img, off, len, ext);
+    pthread_rwlock_rdlock(&q->meta);
+    int r = map_locked(img, off, len, ext);
+    pthread_rwlock_unlock(&q->meta);
+    return r;
+}
+
 int qcow2_lookup(struct img *img, uint64_t off, struct qcow2_mapping *m)
+{
+    struct qcow2 *q = img->priv;
+    if (!q->w)
+        return qcow2_lookup_locked(img, off, m);
+    pthread_rwlock_rdlock(&q->meta);
+    int r = qcow2_lookup_locked(img, off, m);
+    pthread_rwlock_unlock(&q->meta);
+    return r;
+}
+
+int qcow2_lookup_locked(struct img *img, uint64_t off, struct qcow2_mapping *m)
 {
     struct qcow2 *q = img->priv;
     uint64_t l2_off;
@@ -477,10 +578,10 @@ int qcow2_lookup(struct img *img, uint64_t off, struct qcow2_mapping *m)
         return 0;
     }
     struct qcow2_l2_slot *slot;
-    r = l2_get(img, q, l2_off, &slot);
+    r = qcow2_l2_get(img, q, l2_off, &slot);
     if (r < 0)
         return r;
     r = decode_unit(img, q, slot->data, off >> q->unit_bits, m);
-    l2_put(q, slot);
+    qcow2_l2_put(q, slot);
     return r;
 }

@@ -1,5 +1,6 @@
 /* The qcow2 driver table: probe, open, close; map and read live in map.c
- * and read.c, the header in header.c.  Read-only for now. */
+ * and read.c, the header in header.c, the writer in write.c and
+ * refcount.c, create.c, check.c and header_write.c. */
 #include "qcow2.h"
 
 #include <errno.h>
@@ -19,6 +20,14 @@ static void qcow2_close(struct img *img)
     struct qcow2 *q = img->priv;
     if (!q)
         return;
+    if (q->w) {
+        /* Whatever was written reaches the disk in the safe order; a failure
+         * here is left on img->errmsg (leaks at worst, never corruption). */
+        if (!q->w->broken)
+            qcow2_flush(img);
+        qcow2_writer_free(q);
+    }
+    pthread_rwlock_destroy(&q->meta);
     qcow2_zcache_destroy(q);
     qcow2_cache_destroy(&q->cache);
     free(q->l1);
@@ -33,12 +42,15 @@ static int qcow2_open(struct img *img, const struct img_open_opts *o)
     if (!q)
         return -ENOMEM;
     q->data_fd = -1;
+    pthread_rwlock_init(&q->meta, NULL);
     img->priv = q;   /* from here on, close() cleans up whatever failed */
     int r = qcow2_load_header(img, q, o);
     if (r == 0)
         r = qcow2_cache_init(&q->cache, q->cluster_size);
     if (r == 0)
         r = qcow2_zcache_init(q);
+    if (r == 0 && o && o->read_write)
+        r = qcow2_open_writer(img, q);
     if (r < 0) {
         qcow2_close(img);
         return r;
@@ -54,4 +66,12 @@ const struct img_format img_format_qcow2 = {
     .map = qcow2_map,
     .read = qcow2_read,
     .info = qcow2_info,
+    .create = qcow2_create,
+    .write = qcow2_write,
+    .write_compressed = qcow2_write_compressed,
+    .write_zeroes = qcow2_write_zeroes,
+    .flush = qcow2_flush,
+    .set_backing = qcow2_set_backing,
+    .resize = qcow2_resize,
+    .check = qcow2_check,
 };

@@ -109,8 +109,21 @@ int qcow2_parse_header(const uint8_t *buf, size_t len, struct qcow2_header *h,
 
 /* ---- driver state ---- */
 
-struct qcow2_l2_slot;
 struct qcow2_zcache;
+struct qcow2_writer;
+
+/* One cached L2 table.  Readers only read `data`; the writer changes it
+ * under q->meta (write-locked) and marks it dirty, and a dirty table stays
+ * in the cache until qcow2_l2_writeback has put it on disk. */
+struct qcow2_l2_slot {
+    uint64_t l2_off;                 /* key: host offset of the table */
+    uint8_t *data;                   /* one cluster, entries big-endian */
+    unsigned refs;                   /* users working outside the lock */
+    bool evicted;                    /* left the cache while in use */
+    bool dirty;                      /* changed since read or last written */
+    struct qcow2_l2_slot *hnext;     /* hash chain */
+    struct qcow2_l2_slot *prev, *next;   /* LRU list, head = newest */
+};
 
 struct qcow2_l2_cache {
     pthread_mutex_t lock;
@@ -119,6 +132,7 @@ struct qcow2_l2_cache {
     struct qcow2_l2_slot *lru_head;   /* most recently used */
     struct qcow2_l2_slot *lru_tail;
     unsigned count, max;
+    unsigned dirty;                   /* tables waiting for writeback */
     uint64_t hits, misses;            /* for tests and stats */
 };
 
@@ -141,6 +155,12 @@ struct qcow2 {
     int64_t data_size;         /* data file (== file_size without one) */
     struct qcow2_l2_cache cache;
     struct qcow2_zcache *zcache;   /* recently decompressed clusters (read.c) */
+    /* Writable images only (q->w != NULL): readers take `meta` shared
+     * around table lookups, the writer takes it exclusively for a whole
+     * write, so nobody decodes a half-changed table. */
+    pthread_rwlock_t meta;
+    struct qcow2_writer *w;
+    uint64_t snapshots_size;        /* bytes of the snapshot table (check) */
 };
 
 /* header.c: read, validate and apply the headers onto img and q. */
@@ -156,6 +176,17 @@ int qcow2_lookup(struct img *img, uint64_t off, struct qcow2_mapping *m);
  * that a file grown since open is not refused on a stale size. */
 bool qcow2_fits(int fd, int64_t *cached_size, uint64_t end);
 
+/* The cache as the writer uses it (callers hold q->meta exclusively). */
+int qcow2_l2_get(struct img *img, struct qcow2 *q, uint64_t l2_off, struct qcow2_l2_slot **out);
+void qcow2_l2_put(struct qcow2 *q, struct qcow2_l2_slot *s);
+/* A fresh all-zero table at l2_off, already dirty and pinned. */
+int qcow2_l2_new(struct qcow2 *q, uint64_t l2_off, struct qcow2_l2_slot **out);
+void qcow2_l2_mark_dirty(struct qcow2 *q, struct qcow2_l2_slot *s);
+/* Write every dirty table (no sync); returns how many, or -errno. */
+int qcow2_l2_writeback(struct img *img, struct qcow2 *q);
+/* Lookup without taking q->meta (the writer already holds it). */
+int qcow2_lookup_locked(struct img *img, uint64_t off, struct qcow2_mapping *m);
+
 /* info.c */
 int qcow2_info(struct img *img, struct img_info *info);
 
@@ -164,6 +195,102 @@ struct qcow2_zcache;
 int qcow2_zcache_init(struct qcow2 *q);
 void qcow2_zcache_destroy(struct qcow2 *q);
 int qcow2_read(struct img *img, void *buf, size_t len, uint64_t off);
+/* A new compressed stream now lives at comp_off: drop what was cached there. */
+void qcow2_zcache_forget(struct qcow2 *q, uint64_t comp_off);
+/* Bytes [into, into+len) of the compressed cluster `m` (no q->meta taken). */
+int qcow2_read_compressed(struct img *img, struct qcow2 *q, const struct qcow2_mapping *m,
+                          void *buf, size_t len, size_t into);
+
+/* ---- the write side ---- */
+
+/* Entry of the refcount table: the host offset of one refcount block. */
+#define QCOW2_REFT_OFFSET_MASK  0xfffffffffffffe00ull
+/* Clusters the check will count at most (2 bytes each in memory). */
+#define QCOW2_CHECK_MAX_CLUSTERS (1ull << 28)
+
+/* A refcount block in memory; NULL data = not loaded (or not present). */
+struct qcow2_refblock {
+    uint8_t *data;
+    bool dirty;
+};
+
+struct qcow2_writer {
+    /* refcount table (host order) and the blocks it names */
+    uint64_t *rt;
+    uint64_t rt_entries;            /* capacity: rt_clusters * cluster_size / 8 */
+    uint64_t rt_offset;
+    uint32_t rt_clusters;
+    uint64_t rt_dirty_lo, rt_dirty_hi;   /* entries to write, [lo, hi) */
+    struct qcow2_refblock *rb;      /* rt_entries of them */
+    unsigned rc_bits;               /* 1 << refcount_order */
+    uint64_t rc_max;                /* largest storable refcount */
+    uint64_t rb_entries;            /* refcounts per block */
+    uint64_t free_hint;             /* no free cluster below this one */
+    uint64_t top;                   /* one past every cluster in use */
+    /* Clusters whose refcount drops once the tables that referenced them
+     * are on disk (see the ordering rules in write.c). */
+    uint64_t *pending;
+    size_t n_pending, cap_pending;
+    uint32_t l1_dirty_lo, l1_dirty_hi;   /* L1 entries to write, [lo, hi) */
+    uint64_t comp_next;             /* next free byte after the last compressed
+                                       cluster, 0 = start a new host cluster */
+    bool broken;                    /* a metadata write failed: stop writing */
+    uint8_t *scratch;               /* one cluster for copy-on-write */
+};
+
+/* refcount.c */
+int qcow2_writer_init(struct img *img, struct qcow2 *q);
+void qcow2_writer_free(struct qcow2 *q);
+int qcow2_rc_get(struct img *img, struct qcow2 *q, uint64_t cluster, uint64_t *value);
+int qcow2_rc_set(struct img *img, struct qcow2 *q, uint64_t cluster, uint64_t value);
+/* n contiguous free clusters, now with refcount 1; *host is the first one's offset. */
+int qcow2_alloc_clusters(struct img *img, struct qcow2 *q, uint64_t n, uint64_t *host);
+/* Claim the specific cluster if free (compressed data spilling over). */
+int qcow2_alloc_cluster_at(struct img *img, struct qcow2 *q, uint64_t cluster, bool *got);
+int qcow2_add_ref(struct img *img, struct qcow2 *q, uint64_t cluster);
+/* Drop one reference of every cluster touched by [off, off+len) later. */
+int qcow2_free_later(struct img *img, struct qcow2 *q, uint64_t off, uint64_t len);
+/* Dirty refcount blocks to disk, barrier, new table entries, barrier. */
+int qcow2_rc_writeback(struct img *img, struct qcow2 *q);
+/* The queued drops; callers made sure nothing on disk needs them any more. */
+int qcow2_apply_pending(struct img *img, struct qcow2 *q);
+int qcow2_sync(struct img *img);
+int qcow2_pwrite(struct img *img, const void *buf, size_t len, uint64_t off, const char *what);
+
+/* write.c */
+int qcow2_write(struct img *img, const void *buf, size_t len, uint64_t off);
+int qcow2_write_compressed(struct img *img, const void *buf, size_t len, uint64_t off);
+int qcow2_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool may_unmap);
+int qcow2_flush(struct img *img);
+/* The metadata writeback of flush, for callers already holding q->meta. */
+int qcow2_flush_locked(struct img *img, struct qcow2 *q);
+int qcow2_open_writer(struct img *img, struct qcow2 *q);
+/* Allocate (without writing) the clusters of [off, off+len), which lies in
+ * one L2 table of a fresh image; *end grows to the end of what was placed. */
+int qcow2_preallocate_range(struct img *img, struct qcow2 *q, uint64_t off, uint64_t len,
+                            uint64_t *end);
+
+/* header_write.c */
+int qcow2_set_backing(struct img *img, const char *file, const char *fmt);
+int qcow2_resize(struct img *img, uint64_t new_size, bool shrink);
+/* The feature name table extension as QEMU writes it (type, length, 8
+ * entries of 48 bytes), into `out`; returns its length. */
+size_t qcow2_feature_table(uint8_t *out);
+#define QCOW2_FEATURE_TABLE_EXT_BYTES (8 + 8 * QCOW2_FEATURE_NAME_ENTRY)
+/* Lay out the first cluster in `buf` (cap bytes, zeroed by the caller): the
+ * fixed header bytes `fixed` (header_length of them), a backing format
+ * extension when backing_fmt, the extensions `exts` (already padded), the
+ * end marker, then the backing name; patches the backing name's offset and
+ * size into the fixed part.  Returns the bytes used, or -ENOSPC. */
+int qcow2_build_header(uint8_t *buf, size_t cap, const uint8_t *fixed, size_t fixed_len,
+                       const uint8_t *exts, size_t exts_len, const char *backing,
+                       const char *backing_fmt);
+
+/* create.c */
+int qcow2_create(const char *path, const struct img_create_opts *o, char *err, size_t errlen);
+
+/* check.c */
+int qcow2_check(struct img *img, struct img_check *res, unsigned repair);
 
 extern const struct img_format img_format_qcow2;
 

@@ -54,6 +54,20 @@ void qcow2_zcache_destroy(struct qcow2 *q)
     q->zcache = NULL;
 }
 
+void qcow2_zcache_forget(struct qcow2 *q, uint64_t comp_off)
+{
+    struct qcow2_zcache *z = q->zcache;
+    pthread_mutex_lock(&z->lock);
+    for (unsigned i = 0; i < z->n; i++) {
+        struct qcow2_zslot *s = &z->slot[i];
+        if (s->data && s->comp_off == comp_off) {
+            free(s->data);
+            s->data = NULL;
+        }
+    }
+    pthread_mutex_unlock(&z->lock);
+}
+
 /* Copy out of a cached cluster; false when it is not there. */
 static bool zcache_copy(struct qcow2_zcache *z, uint64_t comp_off, void *buf, size_t len,
                         size_t into)
@@ -139,8 +153,7 @@ static int inflate_cluster(struct img *img, struct qcow2 *q, const struct qcow2_
     return r;
 }
 
-/* Bytes [into, into+len) of the compressed cluster `m`. */
-static int read_compressed(struct img *img, struct qcow2 *q, const struct qcow2_mapping *m,
+int qcow2_read_compressed(struct img *img, struct qcow2 *q, const struct qcow2_mapping *m,
                            void *buf, size_t len, size_t into)
 {
     if (zcache_copy(q->zcache, m->comp_off, buf, len, into))
@@ -164,7 +177,7 @@ static int read_piece(struct img *img, struct qcow2 *q, uint8_t *buf, size_t len
 {
     switch (m->type) {
     case QCOW2_COMPRESSED:
-        return read_compressed(img, q, m, buf, len, (size_t)(off & (q->cluster_size - 1)));
+        return qcow2_read_compressed(img, q, m, buf, len, (size_t)(off & (q->cluster_size - 1)));
     case QCOW2_NORMAL:
         return img_pread(img, q->data_fd, buf, len, m->host_off + into_unit, "data");
     case QCOW2_ZERO:
