@@ -103,6 +103,28 @@ int img_pread(struct img *img, int fd, void *buf, size_t len, uint64_t off,
     return 0;
 }
 
+int img_pwrite(struct img *img, int fd, const void *buf, size_t len, uint64_t off,
+               const char *what)
+{
+    const uint8_t *p = buf;
+    size_t done = 0;
+    if (off > (uint64_t)INT64_MAX - len)
+        return img_error(img, EINVAL, "%s at 0x%llx: offset out of range", what,
+                         (unsigned long long)off);
+    while (done < len) {
+        ssize_t n = pwrite(fd, p + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            return img_error(img, e, "cannot write %s at 0x%llx: %s", what,
+                             (unsigned long long)(off + done), strerror(e));
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
 const struct img_format *img_format_by_name(const char *name)
 {
     for (const struct img_format *const *f = img_formats; *f; f++)

@@ -127,6 +127,10 @@ int img_open_referenced(struct img *img, const char *name, const char *what,
 int img_pread(struct img *img, int fd, void *buf, size_t len, uint64_t off,
               const char *what);
 
+/* Full pwrite to one of the image's files; a failure names `what`. */
+int img_pwrite(struct img *img, int fd, const void *buf, size_t len, uint64_t off,
+               const char *what);
+
 /* Size of a host file, or a negative errno. */
 int64_t img_fd_size(int fd);
 
