@@ -208,21 +208,8 @@ static int raw_create(const char *path, const struct img_create_opts *o,
 
 static int raw_write(struct img *img, const void *buf, size_t len, uint64_t off)
 {
-    const char *p = buf;
     forget_run(img);
-    while (len > 0) {
-        ssize_t w = pwrite(img->fd, p, len, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int e = w < 0 ? errno : EIO;
-            return img_error(img, e, "write at %llu: %s", (unsigned long long)off, strerror(e));
-        }
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
+    return img_pwrite(img, img->fd, buf, len, off, "data");
 }
 
 /* Zeros as a hole when the caller allows unmapping, as an allocated zero
