@@ -297,6 +297,9 @@ int qcow2_resize(struct img *img, uint64_t new_size, bool shrink)
     struct qcow2 *q = img->priv;
     if (!q->w)
         return img_error(img, EROFS, "image is opened read-only");
+    if (q->h.incompatible & QCOW2_INCOMPAT_DIRTY)
+        return img_error(img, EROFS, "image is dirty (lazy refcounts); repair it with "
+                         "check -r all before resizing");
     if (new_size & 511)
         return img_error(img, EINVAL, "the new size must be a multiple of 512 bytes");
     if (new_size > (uint64_t)INT64_MAX)

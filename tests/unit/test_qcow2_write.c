@@ -40,7 +40,7 @@ static void remove_dir(void)
         fprintf(stderr, "cannot remove %s\n", dir);
 }
 
-TestSuite(qcow2_write, .init = make_dir, .fini = remove_dir, .timeout = 240);
+TestSuite(qcow2_write, .init = make_dir, .fini = remove_dir);
 
 static int sh_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh_status(const char *fmt, ...)
@@ -759,11 +759,35 @@ static void crash_once(const char *opts, unsigned compressed_every, unsigned del
     free(after);
 }
 
-Test(qcow2_write, sigkill_leaves_a_consistent_image, .timeout = 300)
+Test(qcow2_write, sigkill_leaves_a_consistent_image)
 {
     srand((unsigned)time(NULL));
     for (int i = 0; i < 4; i++)
         crash_once("", 0, 50 + (unsigned)(rand() % 400));
     crash_once("cluster_size=512", 0, 50 + (unsigned)(rand() % 400));
     crash_once("", 5, 50 + (unsigned)(rand() % 400));
+}
+
+/* ---- dirty bit (lazy refcounts) ---- */
+
+Test(qcow2_write, dirty_image_needs_repair_before_writing)
+{
+    sh("qemu-img create -f qcow2 -o lazy_refcounts=on d.qcow2 10M && "
+       "qemu-io -f qcow2 -c 'write 0 64k' d.qcow2");
+    int fd = open(in_dir("d.qcow2"), O_RDWR);
+    uint8_t b = 1;   /* incompatible feature bit 0: dirty */
+    cr_assert_eq(pwrite(fd, &b, 1, 79), 1);
+    close(fd);
+    struct img *img = open_rw("d.qcow2");
+    uint8_t data[512] = { 1 };
+    cr_assert_eq(img->fmt->write(img, data, sizeof(data), 0), -EROFS);
+    cr_assert_not_null(strstr(img->errmsg, "dirty"), "%s", img->errmsg);
+    img_close(img);
+    struct lines l = { "" };
+    run_check("d.qcow2", IMG_CHECK_REPAIR_LEAKS | IMG_CHECK_REPAIR_ERRORS, &l);
+    img = open_rw("d.qcow2");
+    must(img, img->fmt->write(img, data, sizeof(data), 0), "write after repair");
+    img_close(img);
+    qemu_check_clean("d.qcow2");
+    sh("qemu-img info --output=json d.qcow2 | grep -q '\"dirty-flag\": false'");
 }
