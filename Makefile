@@ -98,6 +98,16 @@ bench: deps
 	scripts/bench $(BUILD)
 	CRASH_RUNS=$${CRASH_RUNS:-50} scripts/bench-imgctl $(BUILD)
 
+# libFuzzer targets (clang) built into build-fuzz/ by tests/fuzz/fuzz.mk,
+# seeded and run FUZZ_SECONDS each by scripts/fuzz; what they find lands in
+# tests/fuzz/pending/ (still crashes) or tests/fuzz/regressions/ (replayed
+# by `make test`).
+FUZZ_SECONDS ?= 120
+fuzz:
+	$(MAKE) -f tests/fuzz/fuzz.mk
+	scripts/fuzz --seeds
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz --run
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
