@@ -68,12 +68,14 @@ kill_at_random() {
     wait "$pid" 2>/dev/null
 }
 
-# blocks_old_or_new CASE BEFORE AFTER NEW: every 64 KiB block of AFTER equals
-# that of BEFORE or of NEW (all raw).
+# blocks_old_or_new CASE BEFORE AFTER NEW: every 4 KiB page of AFTER equals
+# that of BEFORE or of NEW (all raw).  Pages, not clusters: a SIGKILL can cut
+# a large pwrite short between two pages, so a cluster may be half written;
+# a page is copied whole.
 blocks_old_or_new() {
     python3 - "$2" "$3" "$4" <<'PY'
 import sys
-B = 65536
+B = 4096
 with open(sys.argv[1], "rb") as a, open(sys.argv[2], "rb") as b, open(sys.argv[3], "rb") as n:
     off = 0
     while True:
