@@ -104,6 +104,7 @@ bench: deps
 # by `make test`).
 FUZZ_SECONDS ?= 120
 fuzz:
+	scripts/install-deps fuzz
 	$(MAKE) -f tests/fuzz/fuzz.mk
 	scripts/fuzz --seeds
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz --run
@@ -116,4 +117,4 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/imgfs $(DESTDIR)$(PREFIX)/bin/imgctl
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
