@@ -125,6 +125,15 @@ int img_pwrite(struct img *img, int fd, const void *buf, size_t len, uint64_t of
     return 0;
 }
 
+int img_sync(struct img *img, int fd, const char *what)
+{
+    if (img->unsafe_cache)
+        return 0;
+    if (fdatasync(fd) < 0)
+        return img_error(img, errno, "cannot sync %s: %s", what, strerror(errno));
+    return 0;
+}
+
 const struct img_format *img_format_by_name(const char *name)
 {
     for (const struct img_format *const *f = img_formats; *f; f++)
@@ -344,6 +353,7 @@ static int open_layer(struct img *img, struct chain_ctx *cx, const char *format,
     img->read_write = o->read_write && depth == 0;
     img->force_share = o->force_share;
     img->allow_outside = o->allow_outside;
+    img->unsafe_cache = o->unsafe_cache;
     img->fd = open(img->path, (img->read_write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (img->fd < 0)
         return img_error(img, errno, "cannot open: %s", strerror(errno));

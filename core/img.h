@@ -45,6 +45,10 @@ struct img_open_opts {
     bool allow_outside;     /* backing/data/extent files may leave `confine` */
     const char *confine;    /* directory that every referenced file must lie
                                in; NULL = the folder of the top image */
+    bool unsafe_cache;      /* never sync to stable storage (qemu-img's
+                               "-t unsafe", its default for convert): the
+                               write order still protects against a killed
+                               process, not against a power loss */
 };
 
 struct img_format;
@@ -59,6 +63,7 @@ struct img {
     bool read_write;
     bool force_share;
     bool allow_outside;
+    bool unsafe_cache;       /* img_sync does nothing (see img_open_opts) */
     uint64_t size;           /* virtual size in bytes */
     uint32_t cluster_size;   /* mapping granularity (st_blksize); >= 512 */
     char *backing_file;      /* as recorded in the image, or NULL */
@@ -130,6 +135,10 @@ int img_pread(struct img *img, int fd, void *buf, size_t len, uint64_t off,
 /* Full pwrite to one of the image's files; a failure names `what`. */
 int img_pwrite(struct img *img, int fd, const void *buf, size_t len, uint64_t off,
                const char *what);
+
+/* fdatasync one of the image's files, unless the image was opened with
+ * unsafe_cache; a failure names `what`.  Drivers sync through this only. */
+int img_sync(struct img *img, int fd, const char *what);
 
 /* Size of a host file, or a negative errno. */
 int64_t img_fd_size(int fd);
