@@ -18,6 +18,30 @@ struct img_create_opts {
                                     error naming it */
 };
 
+/* One option a driver's create entry takes, described the way
+ * `qemu-img create -f FMT -o help` lists it, so that imgctl can print the
+ * list, refuse unknown keys and print qemu-img's "Formatting ..." line
+ * without knowing any format. */
+struct img_create_option {
+    const char *name;    /* "cluster_size" */
+    const char *type;    /* as -o help prints it: "size", "str", "num",
+                            "bool (on/off)"; "size" values print in bytes */
+    const char *help;    /* one line */
+    const char *shown;   /* the value the Formatting line prints when the
+                            user gave none; NULL = printed only when given */
+};
+
+/* Options of the host file itself (qemu's protocol level: nocow,
+ * preallocation, extent_size_hint), which every format accepts after its
+ * own.  NULL-name-terminated, in Formatting-line order.  A driver that
+ * lists an option of the same name (qcow2's preallocation) takes it over. */
+extern const struct img_create_option img_file_create_options[];
+
+/* For a driver that gives the host file options no effect: 1 when `key` is
+ * one of them with a valid value (nothing to do), 0 when it is not one of
+ * them, -EINVAL for a preallocation mode that does not exist. */
+int img_file_create_option(const char *key, const char *value);
+
 /* Thread safety of the write entries: the core calls write, write_compressed,
  * write_zeroes and discard of one image from several threads at once (convert
  * compresses in parallel), so a driver serialises its metadata updates
@@ -79,6 +103,9 @@ struct img_format {
     /* Create an image file at `path` (created or truncated by the driver). */
     int (*create)(const char *path, const struct img_create_opts *o,
                   char *err, size_t errlen);
+    /* The options create takes, NULL-name-terminated, listed in the order
+     * qemu-img's "Formatting ..." line prints them.  NULL when create is. */
+    const struct img_create_option *create_options;
     /* Write guest bytes to this layer (img opened read_write).  Partial
      * clusters are completed from the backing chain (copy-on-write). */
     int (*write)(struct img *img, const void *buf, size_t len, uint64_t off);

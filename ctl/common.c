@@ -162,87 +162,83 @@ void ctl_kvlist_free(struct ctl_kvlist *l)
     memset(l, 0, sizeof(*l));
 }
 
-/* What `qemu-img create -f FMT` knows about each option, listed in the
- * order its "Formatting ..." line prints them.  `shown` is the value printed
- * when the user gave none (NULL: printed only when given).  A driver that
- * accepts more options must add its line here. */
-struct create_option {
-    const char *name, *type, *help, *shown;
-};
-
-static const struct create_option raw_options[] = {
-    { "size", "size", "Virtual disk size", NULL },
-    { "preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)", NULL },
-    { NULL, NULL, NULL, NULL },
-};
-
-static const struct create_option qcow2_options[] = {
-    { "cluster_size", "size", "qcow2 cluster size", "65536" },
-    { "extended_l2", "bool (on/off)", "Extended L2 tables", "off" },
-    { "preallocation", "str", "Preallocation mode (allowed values: off, metadata)", NULL },
-    { "compression_type", "str", "Compression method used for image cluster compression",
-      "zlib" },
-    { "size", "size", "Virtual disk size", NULL },
-    { "compat", "str", "Compatibility level (v2 [0.10] or v3 [1.1])", NULL },
-    { "backing_file", "str", "File name of a base image", NULL },
-    { "backing_fmt", "str", "Image format of the base image", NULL },
-    { "data_file", "str", "File name of an external data file", NULL },
-    { "data_file_raw", "bool (on/off)", "The external data file must stay valid as a raw image",
-      NULL },
-    { "lazy_refcounts", "bool (on/off)", "Postpone refcount updates", "off" },
-    { "refcount_bits", "num", "Width of a reference count entry in bits", "16" },
-    { NULL, NULL, NULL, NULL },
-};
-
-static const struct create_option *create_options_of(const struct img_format *fmt)
+/* The options of a create, as the driver describes them (core/format.h):
+ * the format's own, then those of the host file that the format does not
+ * take over.  That is the order of qemu-img's Formatting line.  Returns how
+ * many, 0 when the driver has no list. */
+#define MAX_CREATE_OPTIONS 64
+static size_t create_options_all(const struct img_format *fmt,
+                                 const struct img_create_option **out)
 {
-    if (strcmp(fmt->name, "raw") == 0)
-        return raw_options;
-    if (strcmp(fmt->name, "qcow2") == 0)
-        return qcow2_options;
-    return NULL;
+    size_t n = 0;
+    if (!fmt->create_options)
+        return 0;
+    for (const struct img_create_option *o = fmt->create_options;
+         o->name && n < MAX_CREATE_OPTIONS; o++)
+        out[n++] = o;
+    size_t own = n;
+    for (const struct img_create_option *o = img_file_create_options;
+         o->name && n < MAX_CREATE_OPTIONS; o++) {
+        size_t i = 0;
+        while (i < own && strcmp(out[i]->name, o->name) != 0)
+            i++;
+        if (i == own)
+            out[n++] = o;
+    }
+    return n;
 }
 
 static int by_name(const void *a, const void *b)
 {
-    const struct create_option *const *x = a, *const *y = b;
+    const struct img_create_option *const *x = a, *const *y = b;
     return strcmp((*x)->name, (*y)->name);
 }
 
-int ctl_print_create_options(const struct img_format *fmt, FILE *out)
+int ctl_print_create_options(const struct img_format *fmt, const char *path, FILE *out)
 {
-    const struct create_option *list = create_options_of(fmt);
-    if (!list)
+    const struct img_create_option *list[MAX_CREATE_OPTIONS];
+    size_t n = create_options_all(fmt, list);
+    if (n == 0)
         return -1;
-    const struct create_option *sorted[32];
-    size_t n = 0;
-    for (; list[n].name && n < 32; n++)
-        sorted[n] = &list[n];
-    qsort(sorted, n, sizeof(sorted[0]), by_name);   /* qemu-img lists them by name */
-    fprintf(out, "Supported %s options:\n", fmt->name);
-    for (size_t i = 0; i < n; i++) {
-        char head[64];
-        snprintf(head, sizeof(head), "%s=<%s>", sorted[i]->name, sorted[i]->type);
-        fprintf(out, "  %-22s - %s\n", head, sorted[i]->help);
+    /* Without a file name qemu-img shows only the format's options and
+     * says where the others come from; with one, everything together. */
+    if (!path) {
+        n = 0;
+        while (fmt->create_options[n].name && n < MAX_CREATE_OPTIONS)
+            n++;
     }
+    qsort(list, n, sizeof(list[0]), by_name);   /* qemu-img lists them by name */
+    if (path)
+        fputs("Supported options:\n", out);
+    else
+        fprintf(out, "Supported %s options:\n", fmt->name);
+    for (size_t i = 0; i < n; i++) {
+        char head[96];
+        snprintf(head, sizeof(head), "%s=<%s>", list[i]->name, list[i]->type);
+        fprintf(out, "  %-22s - %s\n", head, list[i]->help);
+    }
+    if (!path)
+        fputs("\nThe protocol level may support further options.\n"
+              "Specify the target filename to include those options.\n", out);
     return 0;
 }
 
 int ctl_check_create_options(const struct img_format *fmt, const struct ctl_kvlist *l,
                              const char *path)
 {
-    const struct create_option *list = create_options_of(fmt);
-    for (size_t i = 0; list && i < l->n; i++) {
-        const struct create_option *o = list;
-        while (o->name && strcmp(o->name, l->kv[i].key) != 0)
-            o++;
-        if (!o->name) {
+    const struct img_create_option *list[MAX_CREATE_OPTIONS];
+    size_t n = create_options_all(fmt, list);
+    for (size_t i = 0; n && i < l->n; i++) {
+        size_t j = 0;
+        while (j < n && strcmp(list[j]->name, l->kv[i].key) != 0)
+            j++;
+        if (j == n) {
             ctl_error("%s: Invalid parameter '%s'", path, l->kv[i].key);
             return -1;
         }
         uint64_t bytes;
-        if (strcmp(o->type, "size") == 0 && img_parse_size(l->kv[i].value, &bytes) < 0) {
-            ctl_error("%s: Parameter '%s' expects a size, not '%s'", path, o->name,
+        if (strcmp(list[j]->type, "size") == 0 && img_parse_size(l->kv[i].value, &bytes) < 0) {
+            ctl_error("%s: Parameter '%s' expects a size, not '%s'", path, list[j]->name,
                       l->kv[i].value);
             return -1;
         }
@@ -258,13 +254,14 @@ static const char *create_opt_value(const struct img_create_opts *o, const char 
     return NULL;
 }
 
-/* One "key=value" of the Formatting line; sizes print in bytes as qemu-img
- * normalises them ("cluster_size=4k" shows as 4096). */
-static void print_formatting_opt(FILE *out, const struct create_option *opt,
+/* One "key=value" of the Formatting line, the value normalised as qemu-img
+ * prints it: sizes and numbers parsed ("cluster_size=4k" shows as 4096,
+ * "refcount_bits=0x10" as 16), a comma in a string doubled so that the line
+ * reads back as an option list. */
+static void print_formatting_opt(FILE *out, const struct img_create_option *opt,
                                  const struct img_create_opts *o)
 {
     const char *v = create_opt_value(o, opt->name);
-    uint64_t bytes;
     if (strcmp(opt->name, "size") == 0) {
         fprintf(out, " size=%llu", (unsigned long long)o->size);
         return;
@@ -273,27 +270,50 @@ static void print_formatting_opt(FILE *out, const struct create_option *opt,
         v = o->backing_file;
     if (strcmp(opt->name, "backing_fmt") == 0 && o->backing_fmt)
         v = o->backing_fmt;
+    bool given = v != NULL;
     if (!v)
         v = opt->shown;
     if (!v)
         return;
-    if (strcmp(opt->type, "size") == 0 && img_parse_size(v, &bytes) == 0)
+    uint64_t bytes;
+    char *end;
+    if (given && strcmp(opt->type, "size") == 0 && img_parse_size(v, &bytes) == 0) {
         fprintf(out, " %s=%llu", opt->name, (unsigned long long)bytes);
-    else
-        fprintf(out, " %s=%s", opt->name, v);
+        return;
+    }
+    if (given && strcmp(opt->type, "num") == 0) {
+        errno = 0;
+        unsigned long long num = strtoull(v, &end, 0);
+        if (*v && !*end && errno == 0) {
+            fprintf(out, " %s=%llu", opt->name, num);
+            return;
+        }
+    }
+    fprintf(out, " %s=", opt->name);
+    bool is_str = strcmp(opt->type, "str") == 0;
+    for (const char *c = v; *c; c++) {
+        if (is_str && *c == ',')
+            fputc(',', out);
+        fputc(*c, out);
+    }
 }
 
 void ctl_print_formatting(FILE *out, const char *path, const struct img_format *fmt,
                           const struct img_create_opts *o)
 {
-    static const struct create_option fallback[] = {
+    /* A driver without a list: what every create carries. */
+    static const struct img_create_option fallback[] = {
         { "size", "size", "", NULL }, { "backing_file", "str", "", NULL },
-        { "backing_fmt", "str", "", NULL }, { NULL, NULL, NULL, NULL },
+        { "backing_fmt", "str", "", NULL },
     };
-    const struct create_option *list = create_options_of(fmt);
+    const struct img_create_option *list[MAX_CREATE_OPTIONS];
+    size_t n = create_options_all(fmt, list);
+    if (n == 0)
+        for (; n < sizeof(fallback) / sizeof(fallback[0]); n++)
+            list[n] = &fallback[n];
     fprintf(out, "Formatting '%s', fmt=%s", path, fmt->name);
-    for (const struct create_option *opt = list ? list : fallback; opt->name; opt++)
-        print_formatting_opt(out, opt, o);
+    for (size_t i = 0; i < n; i++)
+        print_formatting_opt(out, list[i], o);
     fputc('\n', out);
 }
 

@@ -93,18 +93,21 @@ const char *ctl_kvlist_get(const struct ctl_kvlist *l, const char *key);
 bool ctl_kvlist_wants_help(const struct ctl_kvlist *l);
 void ctl_kvlist_free(struct ctl_kvlist *l);
 
-/* Print the create options of `fmt` as "qemu-img create -f FMT -o help"
- * does.  Returns 0, or -1 when we have no list for that format. */
-int ctl_print_create_options(const struct img_format *fmt, FILE *out);
+/* Print the create options of `fmt` (its driver's create_options) as
+ * "qemu-img create -f FMT -o help [PATH]" does: without a PATH the format's
+ * own, with one also the host file's (img_file_create_options).  Returns 0,
+ * or -1 when the driver has no list. */
+int ctl_print_create_options(const struct img_format *fmt, const char *path, FILE *out);
 
 /* Refuse a -o key that `fmt` does not take, or a size option that is no
  * size, before any file is touched: "imgctl: PATH: Invalid parameter 'K'".
- * Formats without a list here pass everything to their create entry. */
+ * A driver without a list gets everything in its create entry. */
 int ctl_check_create_options(const struct img_format *fmt, const struct ctl_kvlist *l,
                              const char *path);
 
 /* qemu-img's "Formatting 'PATH', fmt=FMT cluster_size=65536 ... size=N ..."
- * line, options in qemu-img's order with its defaults. */
+ * line: the driver's options, then the host file's, each given value or
+ * the driver's `shown` default. */
 void ctl_print_formatting(FILE *out, const char *path, const struct img_format *fmt,
                           const struct img_create_opts *o);
 

@@ -303,7 +303,7 @@ static int convert_run(int argc, char **argv)
     }
     if (ctl_kvlist_wants_help(&a.opts)) {
         const struct img_format *fmt = ctl_format(a.out_fmt ? a.out_fmt : "raw");
-        rc = fmt && ctl_print_create_options(fmt, stdout) == 0 ? 0 : 1;
+        rc = fmt && ctl_print_create_options(fmt, a.dst, stdout) == 0 ? 0 : 1;
         ctl_kvlist_free(&a.opts);
         return rc;
     }

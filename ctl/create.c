@@ -120,7 +120,7 @@ static int create_image(struct create_args *a)
     if (!fmt)
         return 1;
     if (ctl_kvlist_wants_help(&a->opts)) {
-        if (ctl_print_create_options(fmt, stdout) < 0)
+        if (ctl_print_create_options(fmt, a->path, stdout) < 0)
             printf("Format '%s' has no creation options we know of.\n", fmt->name);
         return 0;
     }

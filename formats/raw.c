@@ -133,6 +133,10 @@ static int parse_create_opts(const struct img_create_opts *o, enum raw_prealloc 
         const char *k = o->opts[i].key, *v = o->opts[i].value;
         if (strcmp(k, "size") == 0)
             continue;   /* the caller folded it into o->size */
+        /* Placement hints of the host file (img_file_create_options): the
+         * image reads the same without them, so they are accepted and left. */
+        if (strcmp(k, "nocow") == 0 || strcmp(k, "extent_size_hint") == 0)
+            continue;
         if (strcmp(k, "preallocation") != 0)
             return create_error(err, errlen, EINVAL, "Invalid parameter '%s'", k);
         if (strcmp(v, "off") == 0)
@@ -248,6 +252,13 @@ static int raw_resize(struct img *img, uint64_t new_size, bool shrink)
     return 0;
 }
 
+/* qemu's raw format has no option but the size: preallocation and the other
+ * host file options come from img_file_create_options. */
+static const struct img_create_option raw_create_options[] = {
+    { "size", "size", "Virtual disk size", NULL },
+    { NULL, NULL, NULL, NULL },
+};
+
 const struct img_format img_format_raw = {
     .name = "raw",
     .probe = raw_probe,
@@ -255,6 +266,7 @@ const struct img_format img_format_raw = {
     .close = raw_close,
     .map = raw_map,
     .create = raw_create,
+    .create_options = raw_create_options,
     .write = raw_write,
     .write_zeroes = raw_write_zeroes,
     .flush = raw_flush,

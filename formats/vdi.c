@@ -608,6 +608,13 @@ static int vdi_parse_create_opts(const struct img_create_opts *o, bool *is_stati
         const char *k = o->opts[i].key, *v = o->opts[i].value;
         if (strcmp(k, "size") == 0)
             continue;   /* the caller folded it into o->size */
+        /* qemu applies the host file options to the empty file before
+         * the format writes it, so they change nothing in the image. */
+        int r = img_file_create_option(k, v);
+        if (r < 0)
+            return create_fail(err, errlen, EINVAL, "Invalid preallocation mode: '%s'", v);
+        if (r > 0)
+            continue;
         if (strcmp(k, "static") != 0)
             return create_fail(err, errlen, EINVAL, "Invalid parameter '%s'", k);
         if (parse_bool(v, is_static) < 0)
@@ -716,6 +723,13 @@ static int vdi_create(const char *path, const struct img_create_opts *o, char *e
     return 0;
 }
 
+/* As qemu-img lists them for vdi; static shows "off" when not given. */
+static const struct img_create_option vdi_create_options[] = {
+    { "size", "size", "Virtual disk size", NULL },
+    { "static", "bool (on/off)", "Static VDI image: every block allocated at creation", "off" },
+    { NULL, NULL, NULL, NULL },
+};
+
 const struct img_format img_format_vdi = {
     .name = "vdi",
     .probe = vdi_probe,
@@ -723,6 +737,7 @@ const struct img_format img_format_vdi = {
     .close = vdi_close,
     .map = vdi_map,
     .create = vdi_create,
+    .create_options = vdi_create_options,
     .write = vdi_write,
     .write_zeroes = vdi_write_zeroes,
     .flush = vdi_flush,

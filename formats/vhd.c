@@ -999,6 +999,13 @@ static int vhd_parse_create_opts(const struct img_create_opts *o, struct vhd_lay
         const char *k = o->opts[i].key, *v = o->opts[i].value;
         if (strcmp(k, "size") == 0)
             continue;   /* the caller folded it into o->size */
+        /* qemu applies the host file options to the empty file before
+         * the format writes it, so they change nothing in the image. */
+        int r = img_file_create_option(k, v);
+        if (r < 0)
+            return create_fail(err, errlen, EINVAL, "Invalid preallocation mode: '%s'", v);
+        if (r > 0)
+            continue;
         if (strcmp(k, "subformat") == 0) {
             if (strcmp(v, "dynamic") != 0 && strcmp(v, "fixed") != 0)
                 return create_fail(err, errlen, EINVAL,
@@ -1041,6 +1048,15 @@ static int vhd_create(const char *path, const struct img_create_opts *o, char *e
     return 0;
 }
 
+/* As qemu-img lists them for vpc; none is shown unless given. */
+static const struct img_create_option vhd_create_options[] = {
+    { "size", "size", "Virtual disk size", NULL },
+    { "subformat", "str", "VHD type: dynamic (the default) or fixed", NULL },
+    { "force_size", "bool (on/off)",
+      "Keep the exact size given instead of rounding it to the nearest CHS geometry", NULL },
+    { NULL, NULL, NULL, NULL },
+};
+
 const struct img_format img_format_vpc = {
     .name = "vpc",
     .probe = vhd_probe,
@@ -1048,6 +1064,7 @@ const struct img_format img_format_vpc = {
     .close = vhd_close,
     .map = vhd_map,
     .create = vhd_create,
+    .create_options = vhd_create_options,
     .write = vhd_write,
     .write_zeroes = vhd_write_zeroes,
     .flush = vhd_flush,

@@ -70,7 +70,7 @@ static int parse_cluster_size(const char *v, struct create_params *p, char *err,
 static int parse_refcount_bits(const char *v, struct create_params *p, char *err, size_t errlen)
 {
     char *end;
-    unsigned long bits = strtoul(v, &end, 10);
+    unsigned long bits = strtoul(v, &end, 0);   /* qemu numbers take 0x and 0 prefixes */
     int order = *v && !*end ? log2_exact(bits) : -1;
     if (order < 0 || order > QCOW2_MAX_REFCOUNT_ORDER)
         return create_error(err, errlen, EINVAL, "Refcount width must be a power of two "
@@ -79,11 +79,49 @@ static int parse_refcount_bits(const char *v, struct create_params *p, char *err
     return 0;
 }
 
+/* As qemu-img lists them for qcow2, in the order of its Formatting line
+ * (the encryption keys first).  Encryption and external data files are
+ * listed so that the line and -o help match qemu-img; create refuses them. */
+const struct img_create_option qcow2_create_options[] = {
+    { "encryption", "bool (on/off)",
+      "Encrypt with format 'aes' (deprecated spelling of encrypt.format=aes; not supported)",
+      NULL },
+    { "encrypt.format", "str", "Encryption format, 'aes' or 'luks' (not supported)", NULL },
+    { "encrypt.key-secret", "str", "ID of the secret holding the key or passphrase", NULL },
+    { "encrypt.cipher-alg", "str", "Encryption cipher algorithm", NULL },
+    { "encrypt.cipher-mode", "str", "Encryption cipher mode", NULL },
+    { "encrypt.ivgen-alg", "str", "IV generator algorithm", NULL },
+    { "encrypt.ivgen-hash-alg", "str", "Hash algorithm of the IV generator", NULL },
+    { "encrypt.hash-alg", "str", "Encryption hash algorithm", NULL },
+    { "encrypt.iter-time", "num", "Milliseconds to spend in PBKDF", NULL },
+    { "cluster_size", "size", "qcow2 cluster size", "65536" },
+    { "extended_l2", "bool (on/off)", "Extended L2 tables (subclusters)", "off" },
+    { "preallocation", "str",
+      "Preallocation mode (allowed values: off, metadata; falloc and full not supported)",
+      NULL },
+    { "compression_type", "str", "Compression method of compressed clusters (zlib, zstd)",
+      "zlib" },
+    { "size", "size", "Virtual disk size", NULL },
+    { "compat", "str", "Compatibility level (v2 [0.10] or v3 [1.1])", NULL },
+    { "backing_file", "str", "File name of the backing image", NULL },
+    { "backing_fmt", "str", "Format of the backing image", NULL },
+    { "data_file", "str", "File name of an external data file (not supported)", NULL },
+    { "data_file_raw", "bool (on/off)",
+      "The external data file stays valid as a raw image (not supported)", NULL },
+    { "lazy_refcounts", "bool (on/off)", "Postpone refcount updates", "off" },
+    { "refcount_bits", "num", "Width of a refcount entry in bits", "16" },
+    { NULL, NULL, NULL, NULL },
+};
+
 static int parse_one(const char *k, const char *v, struct create_params *p, char *err,
                      size_t errlen)
 {
     if (strcmp(k, "size") == 0)
         return 0;   /* the caller folded it into o->size */
+    /* Placement hints of the host file (img_file_create_options): the
+     * image reads the same without them, so they are accepted and left. */
+    if (strcmp(k, "nocow") == 0 || strcmp(k, "extent_size_hint") == 0)
+        return 0;
     if (strcmp(k, "compat") == 0) {
         if (strcmp(v, "0.10") == 0 || strcmp(v, "v2") == 0)
             p->version = 2;

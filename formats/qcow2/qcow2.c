@@ -67,6 +67,7 @@ const struct img_format img_format_qcow2 = {
     .read = qcow2_read,
     .info = qcow2_info,
     .create = qcow2_create,
+    .create_options = qcow2_create_options,
     .write = qcow2_write,
     .write_compressed = qcow2_write_compressed,
     .write_zeroes = qcow2_write_zeroes,

@@ -288,6 +288,8 @@ int qcow2_build_header(uint8_t *buf, size_t cap, const uint8_t *fixed, size_t fi
 
 /* create.c */
 int qcow2_create(const char *path, const struct img_create_opts *o, char *err, size_t errlen);
+/* Its option list, for the format table. */
+extern const struct img_create_option qcow2_create_options[];
 
 /* check.c */
 int qcow2_check(struct img *img, struct img_check *res, unsigned repair);

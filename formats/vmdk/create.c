@@ -72,6 +72,25 @@ static int fail(struct ctx *c, int e, const char *fmt, ...)
 
 /* ---- options ---- */
 
+/* As qemu-img lists them for vmdk, in the order of its Formatting line,
+ * which shows compat6 and hwversion even when not given. */
+const struct img_create_option vmdk_create_options[] = {
+    { "size", "size", "Virtual disk size", NULL },
+    { "adapter_type", "str",
+      "Virtual adapter: ide (the default), lsilogic, buslogic or legacyESX", NULL },
+    { "backing_file", "str", "File name of the parent image", NULL },
+    { "backing_fmt", "str", "Format of the parent image, 'vmdk' if given", NULL },
+    { "compat6", "bool (on/off)", "Write a VMDK version 6 image", "off" },
+    { "hwversion", "str", "Virtual hardware version recorded in the descriptor", "undefined" },
+    { "toolsversion", "str", "VMware Tools version recorded in the descriptor", NULL },
+    { "subformat", "str",
+      "VMDK layout: monolithicSparse (the default), monolithicFlat, twoGbMaxExtentSparse, "
+      "twoGbMaxExtentFlat or streamOptimized", NULL },
+    { "zeroed_grain", "bool (on/off)",
+      "Use zeroed-grain table entries so that zero writes allocate nothing", NULL },
+    { NULL, NULL, NULL, NULL },
+};
+
 static int parse_bool(struct ctx *c, const char *key, const char *v, bool *out)
 {
     if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true"))

@@ -526,6 +526,7 @@ const struct img_format img_format_vmdk = {
     .map = vmdk_map,
     .read = vmdk_read,
     .create = vmdk_create,
+    .create_options = vmdk_create_options,
     .write = vmdk_write,
     .write_compressed = vmdk_write_compressed,
     .write_zeroes = vmdk_write_zeroes,

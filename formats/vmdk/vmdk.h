@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/format.h"
 #include "core/img.h"
 
 #define VMDK_SECTOR 512u
@@ -173,6 +174,8 @@ struct vmdk {
 
 struct img_create_opts;
 int vmdk_create(const char *path, const struct img_create_opts *o, char *err, size_t errlen);
+/* Its option list, for the format table. */
+extern const struct img_create_option vmdk_create_options[];
 
 /* ---- write side of hosted sparse and flat extents (write.c) ---- */
 
