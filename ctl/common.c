@@ -464,6 +464,19 @@ static const char *without_path(const char *msg, const char *path)
     return msg;
 }
 
+int ctl_parse_cache(const char *mode, bool *unsafe)
+{
+    static const char *const modes[] = { "none", "off", "writeback", "writethrough",
+                                         "directsync", "unsafe", NULL };
+    for (const char *const *m = modes; *m; m++)
+        if (strcmp(mode, *m) == 0) {
+            *unsafe = strcmp(mode, "unsafe") == 0;
+            return 0;
+        }
+    ctl_error("Invalid cache option: %s", mode);
+    return -1;
+}
+
 struct img *ctl_open(const char *path, const char *format, unsigned flags)
 {
     if (format && !ctl_format(format))
@@ -473,6 +486,7 @@ struct img *ctl_open(const char *path, const char *format, unsigned flags)
         .read_write = flags & CTL_OPEN_RW,
         .force_share = flags & CTL_OPEN_FORCE_SHARE,
         .no_backing = flags & CTL_OPEN_NO_BACKING,
+        .unsafe_cache = flags & CTL_OPEN_UNSAFE_CACHE,
         .allow_outside = true,
     };
     struct img *img;

@@ -156,6 +156,11 @@ void ctl_progress_done(struct ctl_progress *p);
 #define CTL_OPEN_RW           0x1u  /* open for writing (takes the write lock) */
 #define CTL_OPEN_FORCE_SHARE  0x2u  /* -U: take no lock */
 #define CTL_OPEN_NO_BACKING   0x4u  /* this layer alone (rebase -u, info) */
+#define CTL_OPEN_UNSAFE_CACHE 0x8u  /* -t unsafe: never sync (convert's default) */
+
+/* qemu-img's -t cache modes: none, writeback, writethrough, directsync, unsafe.
+ * Sets *unsafe for "unsafe"; prints the error and returns -1 on another word. */
+int ctl_parse_cache(const char *mode, bool *unsafe);
 
 /* The driver named by -f, or NULL after "imgctl: Unknown file format 'X'". */
 const struct img_format *ctl_format(const char *name);

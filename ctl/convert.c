@@ -20,6 +20,7 @@ struct convert_args {
     const char *src_fmt, *out_fmt;
     const char *backing, *backing_fmt;
     bool compress, no_create, force_share, progress, quiet;
+    bool unsafe_cache;   /* -t: "unsafe" (no syncs) is qemu-img convert's default */
     uint64_t sparse_size;
     unsigned threads;
     struct ctl_kvlist opts;
@@ -30,7 +31,7 @@ struct convert_args {
 
 static void convert_help(void)
 {
-    printf("usage: imgctl convert [-p] [-q] [-c] [-n] [-U] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]\n"
+    printf("usage: imgctl convert [-p] [-q] [-c] [-n] [-U] [-t CACHE] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]\n"
            "                      [-B BACKING_FILE [-F BACKING_FMT]] [-S SPARSE_SIZE] [-m N]\n"
            "                      SRC [SRC...] DST\n\n"
            "Copy one or more images (concatenated) into a new image DST.  Only what the\n"
@@ -48,7 +49,9 @@ static void convert_help(void)
            "  -m N            writer threads (default: 1, or one per CPU with -c)\n"
            "  -p              show progress on a terminal\n"
            "  -q              quiet\n"
-           "  -t, -T CACHE    accepted for qemu-img compatibility, ignored\n");
+           "  -t CACHE        cache mode of DST: unsafe (default, as qemu-img: never synced),\n"
+           "                  writeback, writethrough, none, directsync (synced at the end)\n"
+           "  -T CACHE        cache mode of the sources: accepted, ignored (reads are plain)\n");
 }
 
 /* -o backing_file= / backing_fmt= are spelled like options but are fields of
@@ -105,6 +108,7 @@ static int parse_args(int argc, char **argv, struct convert_args *a)
     };
     int c;
     a->sparse_size = IMG_CONVERT_DEFAULT_SPARSE;
+    a->unsafe_cache = true;
     while ((c = ctl_getopt(argc, argv, "hf:O:o:B:F:S:cnUpqm:t:T:W", longopts)) != -1) {
         switch (c) {
         case 'h': convert_help(); return 0;
@@ -129,7 +133,11 @@ static int parse_args(int argc, char **argv, struct convert_args *a)
             if (parse_threads(optarg, &a->threads) < 0)
                 return 1;
             break;
-        case 't': case 'T': case 'W': break;   /* cache modes, out-of-order writes */
+        case 't':
+            if (ctl_parse_cache(optarg, &a->unsafe_cache) < 0)
+                return 1;
+            break;
+        case 'T': case 'W': break;   /* source cache mode, out-of-order writes */
         default: return 1;
         }
     }
@@ -283,7 +291,7 @@ static int convert_images(struct convert_args *a, struct img **srcs, uint64_t to
         return 1;
     bool created = !a->no_create;
     struct img *dst = ctl_open(a->dst, a->out_fmt ? fmt->name : (created ? fmt->name : NULL),
-                               CTL_OPEN_RW);
+                               CTL_OPEN_RW | (a->unsafe_cache ? CTL_OPEN_UNSAFE_CACHE : 0));
     int r = dst ? run_convert(a, srcs, dst, created) : -1;
     img_close(dst);
     if (r < 0 && created) {

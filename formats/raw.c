@@ -236,9 +236,7 @@ static int raw_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool ma
 
 static int raw_flush(struct img *img)
 {
-    if (fdatasync(img->fd) < 0)
-        return img_error(img, errno, "flush: %s", strerror(errno));
-    return 0;
+    return img_sync(img, img->fd, "the image");
 }
 
 static int raw_resize(struct img *img, uint64_t new_size, bool shrink)

@@ -500,9 +500,7 @@ static int vdi_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool ma
 
 static int vdi_flush(struct img *img)
 {
-    if (fdatasync(img->fd) < 0)
-        return img_error(img, errno, "flush: %s", strerror(errno));
-    return 0;
+    return img_sync(img, img->fd, "the image");
 }
 
 /* ---- check: qemu-img check's findings, with one difference ----

@@ -804,9 +804,7 @@ static int vhd_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool ma
 
 static int vhd_flush(struct img *img)
 {
-    if (fdatasync(img->fd) < 0)
-        return img_error(img, errno, "flush: %s", strerror(errno));
-    return 0;
+    return img_sync(img, img->fd, "the image");
 }
 
 /* ---- create, as qemu-img create -f vpc [-o subformat=,force_size=] ---- */

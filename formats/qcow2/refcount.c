@@ -43,9 +43,7 @@ int qcow2_pwrite(struct img *img, const void *buf, size_t len, uint64_t off, con
 
 int qcow2_sync(struct img *img)
 {
-    if (fdatasync(img->fd) < 0)
-        return img_error(img, errno, "cannot sync: %s", strerror(errno));
-    return 0;
+    return img_sync(img, img->fd, "the image");
 }
 
 /* ---- entries of one block (widths 1..64 bits, as the spec packs them) ---- */

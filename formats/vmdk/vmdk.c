@@ -510,8 +510,8 @@ static int vmdk_flush(struct img *img)
         int r = 0;
         if (e->sp)
             r = vmdk_sparse_flush(img, e->sp);
-        else if (e->fd >= 0 && fdatasync(e->fd) < 0)
-            r = img_error(img, errno, "%s: flush: %s", e->name, strerror(errno));
+        else if (e->fd >= 0)
+            r = img_sync(img, e->fd, e->name);
         if (r < 0)
             return r;
     }

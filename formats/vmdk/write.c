@@ -375,7 +375,5 @@ int vmdk_sparse_flush(struct img *img, struct vmdk_sparse *sp)
         if (r < 0)
             return r;
     }
-    if (fdatasync(sp->fd) < 0)
-        return img_error(img, errno, "%s: flush: %s", sp->name, strerror(errno));
-    return 0;
+    return img_sync(img, sp->fd, sp->name);
 }
