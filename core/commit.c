@@ -213,15 +213,58 @@ static int commit_ranges(const struct img_commit_opts *o, struct img_sink *sink)
     return img_sink_flush(sink);
 }
 
+/* qemu-img commit empties the top (bdrv_make_empty) and only the top: -b,
+ * which may name a deeper base, implies -d there, because a layer left in
+ * between would shadow the base with older data once the top reads
+ * through.  Refused here too, before anything is copied. */
+static int check_empty_top(const struct img_commit_opts *o, struct img_copy_error *err)
+{
+    if (!o->empty_top || o->top->backing == o->base_layer)
+        return 0;
+    snprintf(err->msg, sizeof(err->msg), "%s: only an image committed into its own backing "
+             "file can be emptied (keep it with -d)", o->top->path);
+    err->writing = true;
+    return -EINVAL;
+}
+
+/* Runs after base is flushed: a kill before or during the discard leaves
+ * data that top and base both hold, read from either (and leaks at worst
+ * in top), never a hole. */
+static int empty_top(const struct img_commit_opts *o, struct img_copy_error *err)
+{
+    struct img *top = o->top;
+    if (!top->fmt->discard) {
+        if (o->top_kept)
+            *o->top_kept = true;
+        return 0;
+    }
+    top->errmsg[0] = '\0';
+    int r = top->fmt->discard(top, 0, top->size);
+    if (r == 0 && top->fmt->flush)
+        r = top->fmt->flush(top);
+    if (r < 0) {
+        err->writing = true;
+        err->offset = 0;
+        snprintf(err->msg, sizeof(err->msg), "cannot empty %.200s: %.280s", top->path,
+                 top->errmsg[0] ? top->errmsg : strerror(-r));
+    }
+    return r;
+}
+
 int img_commit(const struct img_commit_opts *o, struct img_copy_error *err)
 {
     memset(err, 0, sizeof(*err));
+    if (o->top_kept)
+        *o->top_kept = false;
+    int r = check_empty_top(o, err);
+    if (r < 0)
+        return r;
     if (!o->base->fmt->write) {
         snprintf(err->msg, sizeof(err->msg), "%s: format %s cannot be written", o->base->path,
                  o->base->fmt->name);
         return -ENOTSUP;
     }
-    int r = grow_base(o, err);
+    r = grow_base(o, err);
     if (r < 0)
         return r;
     struct img_sink sink;
@@ -233,5 +276,7 @@ int img_commit(const struct img_commit_opts *o, struct img_copy_error *err)
     img_sink_free(&sink);
     if (r == 0 && o->base->fmt->flush && (r = o->base->fmt->flush(o->base)) < 0)
         return img_copy_fail(err, true, o->top->size, o->base, r);
+    if (r == 0 && o->empty_top)
+        r = empty_top(o, err);
     return r;
 }

@@ -21,14 +21,20 @@ struct img_commit_opts {
     struct img *top;           /* the chain, as opened from the top */
     struct img *base_layer;    /* the layer of top's chain to commit into */
     struct img *base;          /* that same file opened read_write on its own */
+    /* Then make top unallocated (qemu-img commit without -d); top must be
+     * opened read_write and base_layer must be its own backing file. */
+    bool empty_top;
+    bool *top_kept;            /* set when empty_top but top's driver cannot
+                                  discard: top keeps data equal to base's */
     img_progress_fn progress;
     void *progress_ctx;
 };
 
 /* Copy every range allocated above base_layer (DATA as data, ZERO and the
  * zeros past the end of a short layer as write_zeroes) into base, growing
- * base first when it is smaller than top, then flush base.  0, or a negative
- * errno with `err` filled. */
+ * base first when it is smaller than top, then flush base; then, with
+ * empty_top, discard all of top and flush it.  0, or a negative errno with
+ * `err` filled. */
 int img_commit(const struct img_commit_opts *o, struct img_copy_error *err);
 
 /* ---- a buffered writer: contiguous pieces become one large write ---- */

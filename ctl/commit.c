@@ -85,6 +85,16 @@ static void show_progress(void *ctx, uint64_t done, uint64_t total)
     ctl_progress_update(ctx, done, total);
 }
 
+/* qemu-img commit empties the top afterwards unless -d (or -b, which
+ * implies it); a driver without discard keeps the data, as qemu silently
+ * does for one without make_empty.  We say so, since it costs space. */
+static void note_kept(const struct commit_args *a, const struct img *top)
+{
+    if (!a->quiet)
+        ctl_error("note: '%s' keeps its clusters (its driver cannot discard them); "
+                  "it reads the same as before", top->path);
+}
+
 static int do_commit(const struct commit_args *a, struct img *top, struct img *base_layer)
 {
     img_lock_release(&base_layer->lock);
@@ -93,7 +103,9 @@ static int do_commit(const struct commit_args *a, struct img *top, struct img *b
         return 1;
     struct ctl_progress prog;
     ctl_progress_init(&prog, a->progress && !a->quiet);
+    bool kept = false;
     struct img_commit_opts o = { .top = top, .base_layer = base_layer, .base = base,
+                                 .empty_top = !a->drop, .top_kept = &kept,
                                  .progress = show_progress, .progress_ctx = &prog };
     struct img_copy_error err;
     int r = img_commit(&o, &err);
@@ -106,17 +118,9 @@ static int do_commit(const struct commit_args *a, struct img *top, struct img *b
         return 1;
     }
     ctl_progress_done(&prog);
+    if (kept)
+        note_kept(a, top);
     return 0;
-}
-
-/* qemu-img commit empties the top so that it reads through to the base
- * again.  Our drivers have no discard entry yet: the top keeps its data,
- * which now equals the base's, so it still reads the same. */
-static void empty_top(const struct commit_args *a, struct img *top)
-{
-    if (!a->quiet)
-        ctl_error("note: '%s' keeps its clusters (its driver cannot discard them yet); "
-                  "it reads the same as before", top->path);
 }
 
 static int commit_run(int argc, char **argv)
@@ -125,13 +129,13 @@ static int commit_run(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0)
         return rc;
-    struct img *top = ctl_open(a.file, a.fmt, 0);
+    /* Read-write only when it is to be emptied; with -d a read lock is
+     * enough and others may go on reading it. */
+    struct img *top = ctl_open(a.file, a.fmt, a.drop ? 0 : CTL_OPEN_RW);
     if (!top)
         return 1;
     struct img *base_layer = find_base(top, a.base);
     rc = base_layer ? do_commit(&a, top, base_layer) : 1;
-    if (rc == 0 && !a.drop)
-        empty_top(&a, top);
     img_close(top);
     if (rc == 0 && !a.quiet)
         printf("Image committed.\n");

@@ -71,6 +71,7 @@ const struct img_format img_format_qcow2 = {
     .write = qcow2_write,
     .write_compressed = qcow2_write_compressed,
     .write_zeroes = qcow2_write_zeroes,
+    .discard = qcow2_discard,
     .flush = qcow2_flush,
     .set_backing = qcow2_set_backing,
     .resize = qcow2_resize,

@@ -261,6 +261,8 @@ int qcow2_pwrite(struct img *img, const void *buf, size_t len, uint64_t off, con
 int qcow2_write(struct img *img, const void *buf, size_t len, uint64_t off);
 int qcow2_write_compressed(struct img *img, const void *buf, size_t len, uint64_t off);
 int qcow2_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool may_unmap);
+/* Whole (sub)clusters of [off, off+len) become unallocated; see write.c. */
+int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
 int qcow2_flush(struct img *img);
 /* The metadata writeback of flush, for callers already holding q->meta. */
 int qcow2_flush_locked(struct img *img, struct qcow2 *q);

@@ -1,4 +1,4 @@
-/* qcow2 writes: data, compressed clusters, zeros, and flush.
+/* qcow2 writes: data, compressed clusters, zeros, discard, and flush.
  *
  * Crash safety.  Metadata is write-back cached (refcount blocks and table
  * in refcount.c, L2 tables in the L2 cache of map.c, the L1 table in q->l1)
@@ -12,9 +12,10 @@
  *      of step 1 also made the data written into new clusters durable
  *   3. dirty L1 entries, sync: they point at L2 tables written by 2
  *   4. the queued reference drops (old compressed clusters, clusters
- *      replaced by copy-on-write, freed tables) are applied in memory; they
- *      are safe now that nothing on disk names those clusters, and they
- *      reach the disk with the next step 1 -- before that a crash leaks.
+ *      replaced by copy-on-write or discarded, freed tables) are applied in
+ *      memory; they are safe now that nothing on disk names those clusters,
+ *      and they reach the disk with the next step 1 -- before that a crash
+ *      leaks.
  *      A dropped cluster is reused only after this point.
  *   5. a final sync, so everything written so far is durable.
  *
@@ -670,6 +671,125 @@ int qcow2_write_zeroes(struct img *img, uint64_t off, uint64_t len, bool may_unm
     }
     pthread_rwlock_unlock(&q->meta);
     free(zeros);
+    return r;
+}
+
+/* ---- discard ----
+ *
+ * A discarded cluster's entry becomes 0 (unallocated: the backing chain
+ * answers again, or zeros without one) and its host space goes through
+ * release_entry, so the reference is dropped only at step 4 of a flush,
+ * once the table without it is on disk: a kill in between leaks, never
+ * leaves an entry naming a free cluster.  Only whole clusters are
+ * discarded (whole subclusters with extended L2), as qemu does; the
+ * partial clusters at the edges keep what they hold.  L2 tables are kept
+ * even when they end up empty, and the file does not shrink: freed
+ * clusters are reused by later allocations. */
+
+/* The L2 table of `guest`, or NULL when there is none: nothing to discard
+ * there, and allocating a table for it would only waste a cluster. */
+static int l2_if_present(struct img *img, struct qcow2 *q, uint64_t guest,
+                         struct qcow2_l2_slot **out)
+{
+    uint64_t i = guest >> (q->geom.cluster_bits + q->l2_bits);
+    *out = NULL;
+    if (i < q->l1_size && (q->l1[i] & QCOW2_OFFSET_MASK) == 0)
+        return 0;
+    return l2_for_write(img, q, guest, out);   /* also names a bad L1 entry */
+}
+
+static int discard_cluster(struct img *img, struct qcow2 *q, struct qcow2_l2_slot *s,
+                           uint64_t idx)
+{
+    uint64_t e = entry_at(q, s, idx);
+    if (e == 0 && bitmap_at(q, s, idx) == 0)
+        return 0;
+    int r = release_entry(img, q, e);
+    if (r == 0)
+        set_entry(q, s, idx, 0, 0);
+    return r;
+}
+
+/* Extended L2: subclusters first..last lose their allocation and zero bits;
+ * the host cluster is released once no subcluster is allocated in it. */
+static int discard_subclusters(struct img *img, struct qcow2 *q, struct qcow2_l2_slot *s,
+                               uint64_t idx, unsigned first, unsigned last)
+{
+    uint64_t e = entry_at(q, s, idx), bm = bitmap_at(q, s, idx);
+    if (is_compressed(e))
+        return 0;   /* a compressed cluster has no subclusters: only whole */
+    uint64_t bits = ((ALL_SUBCLUSTERS >> (31 - last)) >> first) << first;
+    uint64_t new_bm = bm & ~(bits | bits << 32), new_e = e;
+    int r = 0;
+    if (host_of(e) && (new_bm & ALL_SUBCLUSTERS) == 0) {
+        r = release_entry(img, q, e);
+        new_e = 0;   /* zero bits left over need no host cluster */
+    }
+    if (r == 0 && (new_e != e || new_bm != bm))
+        set_entry(q, s, idx, new_e, new_bm);
+    return r;
+}
+
+/* [a, b) inside the cluster [cstart, cend); cend is the virtual end for a
+ * short last cluster, which then counts as whole when b reaches it. */
+static int discard_in_cluster(struct img *img, struct qcow2 *q, struct qcow2_l2_slot *s,
+                              uint64_t cstart, uint64_t cend, uint64_t a, uint64_t b)
+{
+    uint64_t idx = l2_index_of(q, cstart);
+    if (a == cstart && b == cend)
+        return discard_cluster(img, q, s, idx);
+    if (!q->geom.extended_l2)
+        return 0;   /* part of a cluster: left as it is */
+    unsigned sub_bits = q->geom.cluster_bits - 5;
+    uint64_t sc = 1ull << sub_bits;
+    uint64_t from = (a - cstart + sc - 1) & ~(sc - 1);
+    uint64_t to = b == cend ? q->cluster_size : (b - cstart) & ~(sc - 1);
+    if (from >= to)
+        return 0;
+    return discard_subclusters(img, q, s, idx, (unsigned)(from >> sub_bits),
+                               (unsigned)((to >> sub_bits) - 1));
+}
+
+/* The part of [off, off+len) that one L2 table maps; *done = its length. */
+static int discard_in_table(struct img *img, struct qcow2 *q, uint64_t off, uint64_t len,
+                            uint64_t *done)
+{
+    uint64_t span = 1ull << (q->geom.cluster_bits + q->l2_bits);
+    uint64_t n = span - (off & (span - 1));
+    *done = n < len ? n : len;
+    struct qcow2_l2_slot *s;
+    int r = l2_if_present(img, q, off, &s);
+    if (r < 0 || !s)
+        return r;
+    uint64_t end = off + *done;
+    for (uint64_t at = off; r == 0 && at < end;) {
+        uint64_t cstart = at & ~((uint64_t)q->cluster_size - 1);
+        uint64_t cend = cstart + q->cluster_size < img->size ? cstart + q->cluster_size
+                                                              : img->size;
+        uint64_t b = end < cend ? end : cend;
+        r = discard_in_cluster(img, q, s, cstart, cend, at, b);
+        at = b;
+    }
+    qcow2_l2_put(q, s);
+    return r == 0 ? maybe_writeback(img, q) : r;
+}
+
+int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
+{
+    struct qcow2 *q = img->priv;
+    int r = writable(img, q);
+    if (r == 0)
+        r = check_range(img, off, len);
+    if (r < 0)
+        return r;
+    pthread_rwlock_wrlock(&q->meta);
+    while (r == 0 && len > 0) {
+        uint64_t done;
+        r = discard_in_table(img, q, off, len, &done);
+        off += done;
+        len -= done;
+    }
+    pthread_rwlock_unlock(&q->meta);
     return r;
 }
 

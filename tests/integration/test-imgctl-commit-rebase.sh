@@ -2,9 +2,12 @@
 # imgctl commit and rebase over a 3-level chain (base <- mid <- top, different
 # data in each, zero clusters shadowing data below), with qemu-img as the
 # judge: every image passes `qemu-img check`, and `qemu-img compare` shows
-# that what should read the same still does.  Bad input: no backing file, a
-# base outside the chain, a missing new backing file, a base held by another
-# process.
+# that what should read the same still does.  Commit is also run side by side
+# with `qemu-img commit` on a twin chain: every layer reads the same as the
+# twin's, and the committed image holds the same ranges afterwards (emptied
+# without -d, as qemu-img empties it; untouched with -d or -b).  Bad input:
+# no backing file, a base outside the chain, a missing new backing file, a
+# base held by another process.
 . "$(dirname "$0")/lib.sh"
 
 need setup qemu-img qemu-io python3 jq || finish
@@ -37,17 +40,19 @@ same() {
     return 1
 }
 
-# make_chain DIR BASEFMT: DIR/base.BASEFMT <- DIR/mid.qcow2 <- DIR/top.qcow2,
-# and DIR/{top,mid,base}.want.raw: what each reads now.
+# make_chain DIR BASEFMT [OPTS]: DIR/base.BASEFMT <- DIR/mid.qcow2 <-
+# DIR/top.qcow2 (mid and top created with -o OPTS), and
+# DIR/{top,mid,base}.want.raw: what each reads now.
 make_chain() {
-    local d=$1 f=$2
+    local d=$1 f=$2 o=()
+    [ -n "${3:-}" ] && o=(-o "$3")
     mkdir -p "$d"
     qemu-img create -q -f "$f" "$d/base.$f" 32M &&
         qio "$d/base.$f" "$f" "write -P 0x11 0 $((8 * M))" "write -P 0x12 $((30 * M)) $M" &&
-        qemu-img create -q -f qcow2 -b "base.$f" -F "$f" "$d/mid.qcow2" &&
+        qemu-img create -q -f qcow2 "${o[@]}" -b "base.$f" -F "$f" "$d/mid.qcow2" &&
         qio "$d/mid.qcow2" qcow2 "write -P 0x21 $M $((2 * M))" "write -z $((4 * M)) $M" \
             "write -P 0x22 $((20 * M + 512)) 70000" &&
-        qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 "$d/top.qcow2" &&
+        qemu-img create -q -f qcow2 "${o[@]}" -b mid.qcow2 -F qcow2 "$d/top.qcow2" &&
         qio "$d/top.qcow2" qcow2 "write -P 0x31 $((M + 4096)) 8192" "write -z $((6 * M)) $((64 * 1024))" \
             "write -P 0x32 $((25 * M)) $M" "write -P 0x33 $((32 * M - 4096)) 4096" || return 1
     for l in top.qcow2 mid.qcow2 "base.$f"; do
@@ -110,24 +115,135 @@ if ! $have_qcow2_writer; then
     finish
 fi
 
-# Default base (mid): mid then reads as top did; base is untouched.
-if make_chain c3 qcow2; then
+# own_ranges IMG: what IMG itself holds (data or zeros), not its backing
+# chain: the depth-0 ranges of qemu-img map, as one line of JSON.
+own_ranges() {
+    qemu-img map -U --output=json "$1" | jq -c '[.[] | select(.depth == 0 and .present) | [.start, .length, .zero]]'
+}
+
+# holds_nothing CASE IMG: qemu-img map finds nothing allocated in IMG itself.
+holds_nothing() {
+    local got
+    got=$(own_ranges "$2")
+    [ "$got" = "[]" ] && return 0
+    fail "$1" "$2 still holds $(head -c 200 <<<"$got")"
+    return 1
+}
+
+# same_ranges CASE DIR TWIN IMG: DIR/IMG holds the same ranges as TWIN/IMG.
+same_ranges() {
+    local a b
+    a=$(own_ranges "$2/$4")
+    b=$(own_ranges "$3/$4")
+    [ "$a" = "$b" ] && return 0
+    fail "$1" "$4 holds $(head -c 200 <<<"$a"), qemu-img's twin $(head -c 200 <<<"$b")"
+    return 1
+}
+
+# like_qemu CASE DIR TWIN IMG LAYERS...: after our commit of IMG in DIR and
+# qemu-img's in TWIN, every layer reads the same as its twin, and IMG holds
+# the same ranges as the twin's IMG.  (The base's ranges may differ: with
+# subclusters we copy what the top holds, qemu's job whole clusters.)
+like_qemu() {
+    local name=$1 d=$2 tw=$3 img=$4 l
+    shift 4
+    for l in "$@"; do
+        same "$name" "$d/$l" "$tw/$l" || return 1
+    done
+    same_ranges "$name" "$d" "$tw" "$img"
+}
+
+# Default base (mid): mid then reads as top did, top is emptied (as
+# qemu-img empties it) and reads the same through mid; base is untouched.
+if make_chain c3 qcow2 && make_chain c3q qcow2 && qemu-img commit -q c3q/top.qcow2; then
     if tmo "$IMGCTL" commit c3/top.qcow2 >"$T/out.txt" 2>"$T/err.txt"; then
         same commit/into-mid c3/top.want.raw c3/mid.qcow2 && same commit/into-mid c3/top.want.raw c3/top.qcow2 &&
             same commit/into-mid c3/base.want.raw c3/base.qcow2 &&
             check_qcow2 commit/into-mid c3/top.qcow2 c3/mid.qcow2 c3/base.qcow2 && pass commit/into-mid
+        holds_nothing commit/empties-top c3/top.qcow2 && pass commit/empties-top
+        like_qemu commit/into-mid-like-qemu c3 c3q top.qcow2 top.qcow2 mid.qcow2 base.qcow2 &&
+            same_ranges commit/into-mid-like-qemu c3 c3q mid.qcow2 && pass commit/into-mid-like-qemu
     else
         fail commit/into-mid "$(head -c 300 "$T/err.txt")"
     fi
+else
+    fail commit/into-mid "could not build the chains"
 fi
-# -b base through two qcow2 layers
-if make_chain c4 qcow2; then
+# -d: the top keeps what it holds, as with qemu-img commit -d.
+if make_chain c5 qcow2 && make_chain c5q qcow2 && qemu-img commit -q -d c5q/top.qcow2; then
+    before=$(own_ranges c5/top.qcow2)
+    if tmo "$IMGCTL" commit -d c5/top.qcow2 >"$T/out.txt" 2>"$T/err.txt"; then
+        if [ "$(own_ranges c5/top.qcow2)" != "$before" ] || [ "$before" = "[]" ]; then
+            fail commit/d-keeps-top "the top's ranges changed: $(own_ranges c5/top.qcow2 | head -c 200)"
+        else
+            same commit/d-keeps-top c5/top.want.raw c5/mid.qcow2 && check_qcow2 commit/d-keeps-top c5/top.qcow2 c5/mid.qcow2 &&
+                like_qemu commit/d-keeps-top c5 c5q top.qcow2 top.qcow2 mid.qcow2 base.qcow2 && pass commit/d-keeps-top
+        fi
+    else
+        fail commit/d-keeps-top "$(head -c 300 "$T/err.txt")"
+    fi
+fi
+# mid into a raw base, with top still above it: mid is emptied and the whole
+# chain reads as before.
+if make_chain c6 raw && make_chain c6q raw && qemu-img commit -q c6q/mid.qcow2; then
+    if tmo "$IMGCTL" commit c6/mid.qcow2 >"$T/out.txt" 2>"$T/err.txt"; then
+        same commit/mid-into-raw c6/mid.want.raw c6/base.raw && same commit/mid-into-raw c6/top.want.raw c6/top.qcow2 &&
+            same commit/mid-into-raw c6/mid.want.raw c6/mid.qcow2 && check_qcow2 commit/mid-into-raw c6/top.qcow2 c6/mid.qcow2 &&
+            holds_nothing commit/mid-into-raw c6/mid.qcow2 &&
+            like_qemu commit/mid-into-raw c6 c6q mid.qcow2 top.qcow2 mid.qcow2 base.raw && pass commit/mid-into-raw
+    else
+        fail commit/mid-into-raw "$(head -c 300 "$T/err.txt")"
+    fi
+fi
+# Other layouts of the emptied image: version 2 (no zero flag), subclusters.
+for opts in compat=0.10 extended_l2=on; do
+    d=c7-${opts%%=*}
+    if make_chain "$d" qcow2 "$opts" && make_chain "$d"q qcow2 "$opts" && qemu-img commit -q "$d"q/top.qcow2; then
+        if tmo "$IMGCTL" commit "$d/top.qcow2" >"$T/out.txt" 2>"$T/err.txt"; then
+            same "commit/empties-$opts" "$d/top.want.raw" "$d/top.qcow2" && same "commit/empties-$opts" "$d/top.want.raw" "$d/mid.qcow2" &&
+                check_qcow2 "commit/empties-$opts" "$d/top.qcow2" "$d/mid.qcow2" &&
+                holds_nothing "commit/empties-$opts" "$d/top.qcow2" &&
+                like_qemu "commit/empties-$opts" "$d" "$d"q top.qcow2 top.qcow2 mid.qcow2 base.qcow2 &&
+                pass "commit/empties-$opts"
+        else
+            fail "commit/empties-$opts" "$(head -c 300 "$T/err.txt")"
+        fi
+    else
+        fail "commit/empties-$opts" "could not build the chains"
+    fi
+done
+# -b base through two qcow2 layers (-b implies -d: the top keeps its data)
+if make_chain c4 qcow2 && make_chain c4q qcow2 && qemu-img commit -q -b base.qcow2 c4q/top.qcow2; then
     if tmo "$IMGCTL" commit -b c4/base.qcow2 c4/top.qcow2 >"$T/out.txt" 2>"$T/err.txt"; then
         same commit/b-qcow2-base c4/top.want.raw c4/base.qcow2 && same commit/b-qcow2-base c4/top.want.raw c4/top.qcow2 &&
-            check_qcow2 commit/b-qcow2-base c4/top.qcow2 c4/mid.qcow2 c4/base.qcow2 && pass commit/b-qcow2-base
+            check_qcow2 commit/b-qcow2-base c4/top.qcow2 c4/mid.qcow2 c4/base.qcow2 &&
+            like_qemu commit/b-qcow2-base c4 c4q top.qcow2 top.qcow2 base.qcow2 && pass commit/b-qcow2-base
     else
         fail commit/b-qcow2-base "$(head -c 300 "$T/err.txt")"
     fi
+fi
+
+# A top whose driver cannot discard (vmdk) keeps its data, with a note, as
+# qemu-img keeps it silently (its vmdk driver has no make_empty either).  No
+# twin here: qemu-img's vmdk commit gives the base a new CID, after which
+# qemu refuses to read the top through it.
+mkdir -p c8
+if qemu-img create -q -f vmdk c8/base.vmdk 8M && qio c8/base.vmdk vmdk "write -P 0x41 0 $((4 * M))" &&
+    qemu-img create -q -f vmdk -b base.vmdk -F vmdk c8/top.vmdk && qio c8/top.vmdk vmdk "write -P 0x42 $M $M" &&
+    qemu-img convert -U -O raw c8/top.vmdk c8/top.want.raw; then
+    before=$(own_ranges c8/top.vmdk)
+    if ! tmo "$IMGCTL" commit c8/top.vmdk >"$T/out.txt" 2>"$T/err.txt"; then
+        fail commit/vmdk-top-kept "$(head -c 300 "$T/err.txt")"
+    elif ! grep -q "keeps its clusters" "$T/err.txt"; then
+        fail commit/vmdk-top-kept "no note: $(head -c 300 "$T/err.txt")"
+    elif [ "$(own_ranges c8/top.vmdk)" != "$before" ]; then
+        fail commit/vmdk-top-kept "the top's ranges changed: $(own_ranges c8/top.vmdk | head -c 200)"
+    else
+        same commit/vmdk-top-kept c8/top.want.raw c8/base.vmdk && same commit/vmdk-top-kept c8/top.want.raw c8/top.vmdk &&
+            pass commit/vmdk-top-kept
+    fi
+else
+    fail commit/vmdk-top-kept "could not build the chain"
 fi
 
 # ---- rebase -----------------------------------------------------------------
