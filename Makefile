@@ -1,6 +1,6 @@
 # imgfs — one build for everything.
 #   make            build imgfs (and imgctl when present)
-#   make test       install what is missing, then unit (plain + ASan/UBSan) and integration tests
+#   make test       install what is missing, then unit and integration tests, plain and under ASan/UBSan
 #   make run        install what is missing, build, mount the bundled examples and show them
 #   make bench      imgfs against the raw file and qemu-storage-daemon; imgctl against qemu-img
 #   make asan       sanitizer build in build-asan/ (same as SANITIZE=1)
@@ -38,7 +38,7 @@ TOOLS     := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
 PROGS := $(BUILD)/imgfs $(if $(CTL_SRC),$(BUILD)/imgctl)
 
-.PHONY: all asan test unit unit-asan integration run bench install uninstall clean deps fuzz
+.PHONY: all asan test unit unit-asan integration integration-asan run bench install uninstall clean deps fuzz
 all: $(PROGS) $(TOOLS)
 
 $(BUILD)/libimgcore.a: $(CORE_OBJ)
@@ -81,11 +81,20 @@ unit-asan:
 integration: all
 	tests/integration/run-all.sh $(BUILD)
 
+# The same mounts and imgctl runs with the daemon and imgctl built under
+# AddressSanitizer + UndefinedBehaviorSanitizer, leak checking on: a report
+# in a daemon log or a sanitizer exit fails the case.
+integration-asan:
+	$(MAKE) SANITIZE=1 all
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    tests/integration/run-all.sh build-asan
+
 test: deps
 	$(MAKE) all $(BUILD)/unit-tests
 	$(MAKE) unit
 	$(MAKE) unit-asan
 	$(MAKE) integration
+	$(MAKE) integration-asan
 
 run: deps
 	$(MAKE) all
