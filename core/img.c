@@ -103,25 +103,31 @@ int img_pread(struct img *img, int fd, void *buf, size_t len, uint64_t off,
     return 0;
 }
 
+int img_write_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const uint8_t *p = buf;
+    if (off > (uint64_t)INT64_MAX - len)
+        return -EINVAL;
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
 int img_pwrite(struct img *img, int fd, const void *buf, size_t len, uint64_t off,
                const char *what)
 {
-    const uint8_t *p = buf;
-    size_t done = 0;
-    if (off > (uint64_t)INT64_MAX - len)
-        return img_error(img, EINVAL, "%s at 0x%llx: offset out of range", what,
-                         (unsigned long long)off);
-    while (done < len) {
-        ssize_t n = pwrite(fd, p + done, len - done, (off_t)(off + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int e = n < 0 ? errno : EIO;
-            return img_error(img, e, "cannot write %s at 0x%llx: %s", what,
-                             (unsigned long long)(off + done), strerror(e));
-        }
-        done += (size_t)n;
-    }
+    int r = img_write_full(fd, buf, len, off);
+    if (r < 0)
+        return img_error(img, -r, "cannot write %s at 0x%llx: %s", what,
+                         (unsigned long long)off, strerror(-r));
     return 0;
 }
 

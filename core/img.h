@@ -132,6 +132,10 @@ int img_open_referenced(struct img *img, const char *name, const char *what,
 int img_pread(struct img *img, int fd, void *buf, size_t len, uint64_t off,
               const char *what);
 
+/* Full pwrite (retrying short writes and EINTR): 0 or a negative errno.
+ * For files that have no struct img yet (create). */
+int img_write_full(int fd, const void *buf, size_t len, uint64_t off);
+
 /* Full pwrite to one of the image's files; a failure names `what`. */
 int img_pwrite(struct img *img, int fd, const void *buf, size_t len, uint64_t off,
                const char *what);

@@ -339,22 +339,6 @@ static void vdi_step_done(int step)
         imgfs_vdi_alloc_step_hook(step);
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t w = pwrite(fd, p, len, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? -errno : -EIO;
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 static int vdi_write_error(struct img *img, int r, const char *what, uint64_t off)
 {
     return img_error(img, -r, "writing the %s at 0x%llx: %s", what, (unsigned long long)off,
@@ -365,7 +349,7 @@ static int vdi_put_u32(struct img *img, uint32_t v, uint64_t off, const char *wh
 {
     uint8_t b[4];
     put_le32(b, v);
-    int r = pwrite_all(img->fd, b, sizeof(b), off);
+    int r = img_write_full(img->fd, b, sizeof(b), off);
     return r < 0 ? vdi_write_error(img, r, what, off) : 0;
 }
 
@@ -383,7 +367,7 @@ static int vdi_allocate(struct img *img, struct vdi *s, uint32_t block, uint32_t
     memset(s->block_buf, 0, s->block_size);
     memcpy(s->block_buf + in, buf, len);
     uint64_t host = s->offset_data + (uint64_t)slot * s->block_size;
-    int r = pwrite_all(img->fd, s->block_buf, s->block_size, host);
+    int r = img_write_full(img->fd, s->block_buf, s->block_size, host);
     if (r < 0)
         return vdi_write_error(img, r, "new data block", host);
     vdi_step_done(1);
@@ -415,7 +399,7 @@ static int vdi_write_in_block(struct img *img, struct vdi *s, uint32_t block, ui
     }
     pthread_mutex_unlock(&s->lock);
     uint64_t host = s->offset_data + (uint64_t)e * s->block_size + in;
-    int r = pwrite_all(img->fd, buf, len, host);
+    int r = img_write_full(img->fd, buf, len, host);
     return r < 0 ? vdi_write_error(img, r, "data", host) : 0;
 }
 
@@ -461,7 +445,7 @@ static int zero_host_range(int fd, uint64_t off, uint64_t len, bool may_unmap)
     static const uint8_t zeros[65536];
     while (len > 0) {
         size_t n = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
-        int r = pwrite_all(fd, zeros, n, off);
+        int r = img_write_full(fd, zeros, n, off);
         if (r < 0)
             return r;
         off += n;
@@ -669,7 +653,7 @@ static int vdi_write_bmap(int fd, bool is_static, uint32_t blocks, uint32_t bmap
         memset(chunk, 0, (size_t)n * 4);
         for (uint32_t i = 0; i < n && first + i < blocks; i++)
             put_le32(chunk + 4 * i, is_static ? first + i : VDI_UNALLOCATED);
-        r = pwrite_all(fd, chunk, (size_t)n * 4, VDI_CREATE_BMAP_OFFSET + first * 4ull);
+        r = img_write_full(fd, chunk, (size_t)n * 4, VDI_CREATE_BMAP_OFFSET + first * 4ull);
     }
     free(chunk);
     return r;
@@ -683,7 +667,7 @@ static int vdi_write_new_image(int fd, bool is_static, uint64_t size)
     uint32_t offset_data = VDI_CREATE_BMAP_OFFSET + bmap_bytes;
     uint8_t h[VDI_HEADER_SIZE];
     vdi_build_header(h, is_static, size, blocks, offset_data);
-    int r = pwrite_all(fd, h, sizeof(h), 0);
+    int r = img_write_full(fd, h, sizeof(h), 0);
     if (r == 0)
         r = vdi_write_bmap(fd, is_static, blocks, bmap_bytes);
     /* Static: the file reaches its full size now (sparse, as qemu's). */

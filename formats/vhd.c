@@ -625,22 +625,6 @@ static void vhd_step_done(int step)
         imgfs_vhd_alloc_step_hook(step);
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t w = pwrite(fd, p, len, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? -errno : -EIO;
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 static int vhd_write_error(struct img *img, int r, const char *what, uint64_t off)
 {
     return img_error(img, -r, "writing the %s at 0x%llx: %s", what, (unsigned long long)off,
@@ -651,7 +635,7 @@ static int vhd_write_error(struct img *img, int r, const char *what, uint64_t of
  * before) is cut back so that the footer is its last sector. */
 static int vhd_move_footer(struct img *img, struct vhd *s, uint64_t end)
 {
-    int r = pwrite_all(img->fd, s->footer, VHD_FOOTER_SIZE, end);
+    int r = img_write_full(img->fd, s->footer, VHD_FOOTER_SIZE, end);
     if (r < 0)
         return vhd_write_error(img, r, "footer", end);
     int64_t fsize = img_fd_size(img->fd);
@@ -678,14 +662,14 @@ static int vhd_allocate(struct img *img, struct vhd *s, uint32_t block, uint32_t
     memset(s->block_buf, 0xff, s->bitmap_bytes);
     memset(s->block_buf + s->bitmap_bytes, 0, s->block_size);
     memcpy(s->block_buf + s->bitmap_bytes + in, buf, len);
-    r = pwrite_all(img->fd, s->block_buf, span, at);
+    r = img_write_full(img->fd, s->block_buf, span, at);
     if (r < 0)
         return vhd_write_error(img, r, "new block", at);
     s->next_block = at + span;   /* the space is spent, even if step 3 fails */
     vhd_step_done(2);
     uint8_t entry[4];
     put_be32(entry, (uint32_t)(at / VHD_SECTOR));
-    r = pwrite_all(img->fd, entry, sizeof(entry), s->bat_offset + 4ull * block);
+    r = img_write_full(img->fd, entry, sizeof(entry), s->bat_offset + 4ull * block);
     if (r < 0)
         return vhd_write_error(img, r, "BAT entry", s->bat_offset + 4ull * block);
     s->bat[block] = (uint32_t)(at / VHD_SECTOR);
@@ -715,7 +699,7 @@ static int vhd_write_in_block(struct img *img, struct vhd *s, uint32_t block, ui
         return r;
     }
     pthread_mutex_unlock(&s->lock);
-    int r = pwrite_all(img->fd, buf, len, host);
+    int r = img_write_full(img->fd, buf, len, host);
     return r < 0 ? vhd_write_error(img, r, "data", host) : 0;
 }
 
@@ -737,7 +721,7 @@ static int vhd_write(struct img *img, const void *buf, size_t len, uint64_t off)
     struct vhd *s = img->priv;
     int r = vhd_check_write(img, s, off, len);
     if (r == 0 && s->type == VHD_TYPE_FIXED) {
-        r = pwrite_all(img->fd, buf, len, off);
+        r = img_write_full(img->fd, buf, len, off);
         return r < 0 ? vhd_write_error(img, r, "data", off) : 0;
     }
     const uint8_t *p = buf;
@@ -767,7 +751,7 @@ static int zero_host_range(int fd, uint64_t off, uint64_t len, bool may_unmap)
     static const uint8_t zeros[65536];
     while (len > 0) {
         size_t n = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
-        int r = pwrite_all(fd, zeros, n, off);
+        int r = img_write_full(fd, zeros, n, off);
         if (r < 0)
             return r;
         off += n;
@@ -942,13 +926,13 @@ static int vhd_write_dynamic(int fd, const uint8_t *footer, uint64_t size)
     if (!bat)
         return -ENOMEM;
     memset(bat, 0xff, bat_bytes);
-    int r = pwrite_all(fd, footer, VHD_FOOTER_SIZE, 0);
+    int r = img_write_full(fd, footer, VHD_FOOTER_SIZE, 0);
     if (r == 0)
-        r = pwrite_all(fd, dynhdr, sizeof(dynhdr), VHD_DYNHDR_OFFSET);
+        r = img_write_full(fd, dynhdr, sizeof(dynhdr), VHD_DYNHDR_OFFSET);
     if (r == 0)
-        r = pwrite_all(fd, bat, bat_bytes, VHD_BAT_OFFSET);
+        r = img_write_full(fd, bat, bat_bytes, VHD_BAT_OFFSET);
     if (r == 0)
-        r = pwrite_all(fd, footer, VHD_FOOTER_SIZE, VHD_BAT_OFFSET + bat_bytes);
+        r = img_write_full(fd, footer, VHD_FOOTER_SIZE, VHD_BAT_OFFSET + bat_bytes);
     free(bat);
     return r;
 }
@@ -958,7 +942,7 @@ static int vhd_write_fixed(int fd, const uint8_t *footer, uint64_t size)
 {
     if (ftruncate(fd, (off_t)size) < 0)
         return -errno;
-    return pwrite_all(fd, footer, VHD_FOOTER_SIZE, size);
+    return img_write_full(fd, footer, VHD_FOOTER_SIZE, size);
 }
 
 static int create_fail(char *err, size_t errlen, int r, const char *fmt, ...)

@@ -333,7 +333,7 @@ static int open_new(struct ctx *c, const char *path, bool is_extent)
 static int write_at(struct ctx *c, int fd, const void *buf, size_t len, uint64_t off,
                     const char *what)
 {
-    int r = vmdk_pwrite_all(fd, buf, len, off);
+    int r = img_write_full(fd, buf, len, off);
     return r < 0 ? fail(c, -r, "Could not write the %s: %s", what, strerror(-r)) : 0;
 }
 

@@ -226,7 +226,7 @@ static int start(struct img *img, struct vmdk_sparse *sp, struct vmdk_stream *s)
     h.rgd_offset = 0;
     uint8_t buf[VMDK_HEADER_SIZE];
     vmdk_sparse_header_encode(buf, &h);
-    int r = vmdk_pwrite_all(sp->fd, buf, sizeof(buf), 0);
+    int r = img_write_full(sp->fd, buf, sizeof(buf), 0);
     if (r < 0)
         return img_error(img, -r, "%s: writing the header: %s", sp->name, strerror(-r));
     sp->h.flags = h.flags;
@@ -244,7 +244,7 @@ static int emit(struct img *img, struct vmdk_sparse *sp, struct vmdk_stream *s,
         return img_error(img, ENOMEM, "%s: no memory for a grain table", sp->name);
     if ((s->end + q->len) / VMDK_SECTOR > UINT32_MAX)
         return stream_error(img, sp, EFBIG, "the file would pass 2 TiB", q->grain);
-    int r = vmdk_pwrite_all(sp->fd, q->rec, q->len, s->end);
+    int r = img_write_full(sp->fd, q->rec, q->len, s->end);
     if (r < 0)
         return img_error(img, -r, "%s: writing a grain at 0x%llx: %s", sp->name,
                          (unsigned long long)s->end, strerror(-r));
@@ -450,7 +450,7 @@ int vmdk_stream_finish(struct img *img, struct vmdk_sparse *sp)
     if (r == 0 && s->dirty) {
         size_t len;
         uint8_t *tail = vmdk_stream_tail(&sp->h, s->gts, sp->gd_entries, s->end, &len);
-        r = tail ? vmdk_pwrite_all(sp->fd, tail, len, s->end) : -ENOMEM;
+        r = tail ? img_write_full(sp->fd, tail, len, s->end) : -ENOMEM;
         if (r == 0 && ftruncate(sp->fd, (off_t)(s->end + len)) < 0)
             r = -errno;
         free(tail);

@@ -399,7 +399,7 @@ static int vmdk_read(struct img *img, void *buf, size_t len, uint64_t off)
 static int write_flat(struct img *img, struct vmdk_extent *e, const uint8_t *buf, uint64_t len,
                       uint64_t rel)
 {
-    int r = vmdk_pwrite_all(e->fd, buf, len, e->flat_off + rel);
+    int r = img_write_full(e->fd, buf, len, e->flat_off + rel);
     if (r < 0)
         return img_error(img, -r, "%s: write at 0x%llx: %s", e->name,
                          (unsigned long long)(e->flat_off + rel), strerror(-r));
@@ -424,7 +424,7 @@ static int zero_flat(struct img *img, struct vmdk_extent *e, uint64_t len, uint6
     uint8_t *z = calloc(1, CHUNK);
     int r = z ? 0 : -ENOMEM;
     for (uint64_t done = 0; r == 0 && done < len; done += CHUNK)
-        r = vmdk_pwrite_all(e->fd, z, len - done < CHUNK ? len - done : CHUNK, host + done);
+        r = img_write_full(e->fd, z, len - done < CHUNK ? len - done : CHUNK, host + done);
     free(z);
     if (r < 0)
         return img_error(img, -r, "%s: zeroing at 0x%llx: %s", e->name,

@@ -188,8 +188,6 @@ int vmdk_sparse_write(struct img *img, struct vmdk_sparse *sp, uint64_t guest,
 int vmdk_sparse_zero(struct img *img, struct vmdk_sparse *sp, uint64_t guest, uint64_t len,
                      uint64_t off);
 int vmdk_sparse_flush(struct img *img, struct vmdk_sparse *sp);
-/* Write a whole buffer at `off` of `fd`, retrying short writes. */
-int vmdk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 
 /* ---- streamOptimized writer (stream.c) ---- */
 

@@ -14,22 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-int vmdk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t w = pwrite(fd, p, len, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? -errno : -EIO;
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 static int write_error(struct img *img, struct vmdk_sparse *sp, int r, const char *what,
                        uint64_t off)
 {
@@ -93,18 +77,18 @@ static int allocate_gt(struct img *img, struct vmdk_sparse *sp, uint32_t gt_inde
     uint64_t bytes = round_up_sector((uint64_t)sp->h.gtes_per_gt * 4);
     uint8_t zeros[VMDK_SECTOR * 4] = { 0 };   /* 512 entries at most */
     uint64_t gt = sp->alloc_end, rgt = sp->rgd ? gt + bytes : 0;
-    int r = vmdk_pwrite_all(sp->fd, zeros, bytes, gt);
+    int r = img_write_full(sp->fd, zeros, bytes, gt);
     if (r == 0 && sp->rgd)
-        r = vmdk_pwrite_all(sp->fd, zeros, bytes, rgt);
+        r = img_write_full(sp->fd, zeros, bytes, rgt);
     if (r < 0)
         return write_error(img, sp, r, "grain table", gt);
     sp->alloc_end += sp->rgd ? 2 * bytes : bytes;
     uint8_t e[4];
     put_le32(e, (uint32_t)(gt / VMDK_SECTOR));
-    r = vmdk_pwrite_all(sp->fd, e, 4, sp->h.gd_offset * VMDK_SECTOR + 4 * (uint64_t)gt_index);
+    r = img_write_full(sp->fd, e, 4, sp->h.gd_offset * VMDK_SECTOR + 4 * (uint64_t)gt_index);
     if (r == 0 && sp->rgd) {
         put_le32(e, (uint32_t)(rgt / VMDK_SECTOR));
-        r = vmdk_pwrite_all(sp->fd, e, 4, sp->h.rgd_offset * VMDK_SECTOR +
+        r = img_write_full(sp->fd, e, 4, sp->h.rgd_offset * VMDK_SECTOR +
                             4 * (uint64_t)gt_index);
     }
     if (r < 0)
@@ -128,9 +112,9 @@ static int set_gtes(struct img *img, struct vmdk_sparse *sp, uint64_t grain, uin
     for (uint32_t i = 0; i < n; i++)
         put_le32(buf + 4 * i, first + i * step);
     uint64_t at = (uint64_t)sp->gd[gt_index] * VMDK_SECTOR + 4 * (uint64_t)in_gt;
-    int r = vmdk_pwrite_all(sp->fd, buf, 4 * (size_t)n, at);
+    int r = img_write_full(sp->fd, buf, 4 * (size_t)n, at);
     if (r == 0 && sp->rgd)
-        r = vmdk_pwrite_all(sp->fd, buf, 4 * (size_t)n,
+        r = img_write_full(sp->fd, buf, 4 * (size_t)n,
                             (uint64_t)sp->rgd[gt_index] * VMDK_SECTOR + 4 * (uint64_t)in_gt);
     if (r < 0)
         return write_error(img, sp, r, "grain table", at);
@@ -183,7 +167,7 @@ static int append_grains(struct img *img, struct vmdk_sparse *sp, uint64_t grain
     if ((at + bytes) / VMDK_SECTOR > UINT32_MAX)
         return img_error(img, EFBIG, "%s: the file would pass 2 TiB, beyond what a grain "
                          "table entry can address", sp->name);
-    if ((r = vmdk_pwrite_all(sp->fd, data, bytes, at)) < 0)
+    if ((r = img_write_full(sp->fd, data, bytes, at)) < 0)
         return write_error(img, sp, r, "grain", at);
     sp->alloc_end += bytes;
     if (sp->file_size < sp->alloc_end)
@@ -221,10 +205,10 @@ static int overwrite(struct img *img, struct vmdk_sparse *sp, uint32_t gte, uint
                          "refusing to write there", sp->name, gte);
     int r;
     if (buf) {
-        r = vmdk_pwrite_all(sp->fd, buf, n, at);
+        r = img_write_full(sp->fd, buf, n, at);
     } else {
         uint8_t *z = calloc(1, n);
-        r = z ? vmdk_pwrite_all(sp->fd, z, n, at) : -ENOMEM;
+        r = z ? img_write_full(sp->fd, z, n, at) : -ENOMEM;
         free(z);
     }
     if (r < 0)
