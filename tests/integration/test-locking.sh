@@ -36,8 +36,14 @@ hold() {
     (cd "$(dirname "$img")" && exec qemu-io -f qcow2 "$(basename "$img")") <"$T/qio.in" >"$T/qio.out" 2>&1 &
     QIO_PID=$!
     BG_PIDS+=("$QIO_PID")
+    # Watch /proc/locks for a lock on the file's inode: asking qemu-img info
+    # instead would take a read lock that refuses writers, and a qemu-io
+    # starting at that moment would fail to get its own write lock.
+    local ino
+    ino=$(stat -c %i "$img")
     for ((i = 0; i < 100; i++)); do
-        if (cd "$(dirname "$img")" && qemu-img info "$(basename "$img")") 2>&1 </dev/null | grep -q 'lock'; then
+        if awk -v ino="$ino" '{ n = split($6, f, ":"); if (f[n] == ino) found = 1 } END { exit !found }' /proc/locks; then
+            sleep 0.2   # qemu takes its lock bytes one by one: let it finish
             return 0
         fi
         alive "$QIO_PID" || break
