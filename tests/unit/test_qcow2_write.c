@@ -22,68 +22,12 @@
 #include "core/img.h"
 #include "formats/qcow2/qcow2.h"
 
+#define SCRATCH_PREFIX "imgfs-qcow2w"
+#include "scratch.h"
+
 /* ---- helpers ---- */
 
-static char dir[PATH_MAX];
-
-static void make_dir(void)
-{
-    snprintf(dir, sizeof(dir), "/tmp/imgfs-qcow2w-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
-
-static void remove_dir(void)
-{
-    char cmd[PATH_MAX + 16];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "cannot remove %s\n", dir);
-}
-
-TestSuite(qcow2_write, .init = make_dir, .fini = remove_dir);
-
-static int sh_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh_status(const char *fmt, ...)
-{
-    char body[4096], cmd[8192 + PATH_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(body, sizeof(body), fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof(cmd), "cd '%s' && (%s) >/dev/null 2>&1", dir, body);
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-#define sh(...) cr_assert_eq(sh_status(__VA_ARGS__), 0, "command failed")
-
-static const char *in_dir(const char *name)
-{
-    static char paths[4][2 * PATH_MAX];
-    static int next;
-    char *p = paths[next++ % 4];
-    snprintf(p, sizeof(paths[0]), "%s/%s", dir, name);
-    return p;
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    int fd = open(path, O_RDONLY);
-    cr_assert_geq(fd, 0, "cannot open %s", path);
-    struct stat st;
-    cr_assert_eq(fstat(fd, &st), 0);
-    uint8_t *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
-    cr_assert_not_null(buf);
-    size_t done = 0;
-    while (done < (size_t)st.st_size) {
-        ssize_t n = pread(fd, buf + done, (size_t)st.st_size - done, (off_t)done);
-        cr_assert_gt(n, 0);
-        done += (size_t)n;
-    }
-    close(fd);
-    *len = done;
-    return buf;
-}
+TestSuite(qcow2_write, .init = scratch_make, .fini = scratch_remove);
 
 static const struct img_format *qcow2(void)
 {
