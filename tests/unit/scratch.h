@@ -6,6 +6,7 @@
 #define IMGFS_TEST_SCRATCH_H
 
 #include <criterion/criterion.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -15,6 +16,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "core/img.h"
 
 static char dir[PATH_MAX];
 
@@ -76,6 +79,32 @@ static inline uint8_t *slurp(const char *path, size_t *len)
     close(fd);
     *len = done;
     return buf;
+}
+
+/* Open `name` of the scratch folder with the given driver, or fail the test. */
+static inline struct img *scratch_open(const char *name, const char *format, bool rw)
+{
+    struct img_open_opts o = { .format = format, .read_write = rw };
+    struct img *img;
+    char err[IMG_ERRMSG_MAX] = "";
+    int r = img_open(in_dir(name), &o, &img, err, sizeof(err));
+    cr_assert_eq(r, 0, "open %s: %s", name, err);
+    return img;
+}
+
+/* A driver call that must succeed; its message says why not. */
+static inline void must(struct img *img, int r, const char *what)
+{
+    cr_assert_eq(r, 0, "%s: %s", what, img->errmsg);
+}
+
+/* qemu-img check exits 0: no corruption and no leak. */
+static inline void qemu_check_clean(const char *name)
+{
+    int rc = sh_status("qemu-img check '%s'", name);
+    if (rc != 0)
+        sh_status("qemu-img check '%s' >&2", name);
+    cr_assert_eq(rc, 0, "qemu-img check %s exits %d", name, rc);
 }
 
 #endif

@@ -71,34 +71,10 @@ static void create(const char *name, uint64_t size, const char *opts, const char
                  name, opts, err);
 }
 
-static struct img *open_img(const char *name, bool rw)
-{
-    struct img_open_opts o = { .format = "qcow2", .read_write = rw };
-    struct img *img;
-    char err[IMG_ERRMSG_MAX] = "";
-    int r = img_open(in_dir(name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "open %s: %s", name, err);
-    return img;
-}
-
-static void must(struct img *img, int r, const char *what)
-{
-    cr_assert_eq(r, 0, "%s: %s", what, img->errmsg);
-}
-
-/* qemu-img check exits 0: no corruption and no leak. */
-static void qemu_check_clean(const char *name)
-{
-    int rc = sh_status("qemu-img check '%s'", name);
-    if (rc != 0)
-        sh_status("qemu-img check '%s' >&2", name);
-    cr_assert_eq(rc, 0, "qemu-img check %s exits %d", name, rc);
-}
-
 /* Our own check agrees: no leak, no corruption. */
 static void our_check_clean(const char *name)
 {
-    struct img *img = open_img(name, false);
+    struct img *img = scratch_open(name, "qcow2", false);
     struct img_check res = { 0 };
     must(img, img->fmt->check(img, &res, 0), "check");
     img_close(img);
@@ -212,7 +188,7 @@ static void plain_case(const char *opts, uint64_t cluster, bool backing)
     uint8_t *model = malloc(size);
     memcpy(model, under, size);
     create("p.qcow2", size, opts, backing ? "b.raw" : NULL);
-    struct img *img = open_img("p.qcow2", true);
+    struct img *img = scratch_open("p.qcow2", "qcow2", true);
     write_both(img, model, 0, size, 7);
     static const uint64_t ranges[][2] = {
         { 0, 64 * KIB }, { 100000, 300000 }, { MIB, MIB }, { 3 * MIB + 5, 1000 },
@@ -245,12 +221,12 @@ Test(qcow2_discard, partial_cluster_is_left_alone)
 {
     create("e.qcow2", MIB, "", NULL);
     uint8_t *model = calloc(1, MIB), *under = calloc(1, MIB);
-    struct img *img = open_img("e.qcow2", true);
+    struct img *img = scratch_open("e.qcow2", "qcow2", true);
     write_both(img, model, 0, MIB, 3);
     img_close(img);
     uint64_t e0, bm0, e1, bm1;
     l2_entry("e.qcow2", 64 * KIB, &e0, &bm0);
-    img = open_img("e.qcow2", true);
+    img = scratch_open("e.qcow2", "qcow2", true);
     discard_both(img, model, under, 64 * KIB + 1, 64 * KIB + 100, 64 * KIB);  /* 2 partial */
     img_close(img);
     l2_entry("e.qcow2", 64 * KIB, &e1, &bm1);
@@ -272,7 +248,7 @@ static void compressed_case(const char *opts)
     spill("src.raw", model, size);
     /* small streams: several share a host cluster (refcount > 1) */
     sh("qemu-img convert -c -O qcow2 %s%s src.raw c.qcow2", *opts ? "-o " : "", opts);
-    struct img *img = open_img("c.qcow2", true);
+    struct img *img = scratch_open("c.qcow2", "qcow2", true);
     uint64_t cs = img->cluster_size;
     for (uint64_t off = 0; off < size / 2; off += 2 * cs)
         discard_both(img, model, under, off, cs, cs);
@@ -283,7 +259,7 @@ static void compressed_case(const char *opts)
     cr_assert(!qemu_allocated("c.qcow2", 0, cs));
     cr_assert(qemu_allocated("c.qcow2", cs, cs), "a compressed cluster went");
     /* then all of it: every shared host cluster goes */
-    img = open_img("c.qcow2", true);
+    img = scratch_open("c.qcow2", "qcow2", true);
     discard_both(img, model, under, 0, size, cs);
     img_close(img);
     judge("c.qcow2", model, size);
@@ -315,7 +291,7 @@ static void zero_case(const char *opts)
        "-c 'write -z 2M 512k' z.qcow2");
     memset(model, 0, 2 * MIB + 512 * KIB);
     memset(model + 2 * MIB + 512 * KIB, 0x5a, 512 * KIB);
-    struct img *img = open_img("z.qcow2", true);
+    struct img *img = scratch_open("z.qcow2", "qcow2", true);
     discard_both(img, model, under, 256 * KIB, 512 * KIB, 64 * KIB);
     discard_both(img, model, under, MIB, MIB + 256 * KIB, 64 * KIB);
     img_close(img);
@@ -341,7 +317,7 @@ Test(qcow2_discard, extended_l2_subclusters)
     uint8_t *under = make_backing("xb.raw", size, 9), *model = malloc(size);
     memcpy(model, under, size);
     create("x.qcow2", size, "extended_l2=on", "xb.raw");
-    struct img *img = open_img("x.qcow2", true);
+    struct img *img = scratch_open("x.qcow2", "qcow2", true);
     write_both(img, model, 0, 512 * KIB, 1);
     write_both(img, model, 512 * KIB, 8 * KIB, 2);   /* subclusters 0..3 of cluster 8 */
     must(img, img->fmt->write_zeroes(img, 600 * KIB, 64 * KIB, false), "zeroes");
@@ -377,7 +353,7 @@ static void whole_case(const char *opts, bool backing)
     uint8_t *model = malloc(size);
     memcpy(model, under, size);
     create("w.qcow2", size, opts, backing ? "wb.raw" : NULL);
-    struct img *img = open_img("w.qcow2", true);
+    struct img *img = scratch_open("w.qcow2", "qcow2", true);
     srand(11);
     for (int k = 0; k < 60; k++) {
         size_t len = 1 + (size_t)rand() % 200000;
@@ -392,7 +368,7 @@ static void whole_case(const char *opts, bool backing)
     judge("w.qcow2", model, size);
     cr_assert(!qemu_allocated("w.qcow2", 0, size), "something stays allocated (%s)", opts);
     /* the freed clusters serve new writes */
-    img = open_img("w.qcow2", true);
+    img = scratch_open("w.qcow2", "qcow2", true);
     write_both(img, model, 100, 300000, 99);
     img_close(img);
     judge("w.qcow2", model, size);
@@ -411,10 +387,10 @@ Test(qcow2_discard, whole_image)
 Test(qcow2_discard, refused_read_only_and_past_the_end)
 {
     create("ro.qcow2", MIB, "", NULL);
-    struct img *img = open_img("ro.qcow2", false);
+    struct img *img = scratch_open("ro.qcow2", "qcow2", false);
     cr_assert_eq(img->fmt->discard(img, 0, MIB), -EROFS);
     img_close(img);
-    img = open_img("ro.qcow2", true);
+    img = scratch_open("ro.qcow2", "qcow2", true);
     cr_assert_eq(img->fmt->discard(img, 0, MIB + 1), -EINVAL);
     img_close(img);
 }
@@ -439,7 +415,7 @@ static struct round round_at(unsigned k, uint64_t size)
 
 static void crash_child(const char *name, uint64_t size)
 {
-    struct img *img = open_img(name, true);
+    struct img *img = scratch_open(name, "qcow2", true);
     uint8_t *buf = malloc(150000);
     int mark = open(in_dir("flushed"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     for (unsigned k = 0;; k++) {

@@ -63,30 +63,6 @@ static void create(const char *name, uint64_t size, const char *opts)
     cr_assert_eq(r, 0, "create %s (%s): %s", name, opts, err);
 }
 
-static struct img *open_rw(const char *name)
-{
-    struct img_open_opts o = { .format = "qcow2", .read_write = true };
-    struct img *img;
-    char err[IMG_ERRMSG_MAX] = "";
-    int r = img_open(in_dir(name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "open %s: %s", name, err);
-    return img;
-}
-
-static void must(struct img *img, int r, const char *what)
-{
-    cr_assert_eq(r, 0, "%s: %s", what, img->errmsg);
-}
-
-/* qemu-img check: exit 0 (no corruption, no leak). */
-static void qemu_check_clean(const char *name)
-{
-    int rc = sh_status("qemu-img check '%s'", name);
-    if (rc != 0)
-        sh_status("qemu-img check '%s' >&2", name);
-    cr_assert_eq(rc, 0, "qemu-img check %s exits %d", name, rc);
-}
-
 /* The disk as qemu reads it must equal `want`. */
 static void qemu_reads(const char *name, const uint8_t *want, size_t len)
 {
@@ -230,7 +206,7 @@ static void write_and_compare(const char *opts, uint64_t size, unsigned count, s
 {
     create("w.qcow2", size, opts);
     uint8_t *model = calloc(1, size);
-    struct img *img = open_rw("w.qcow2");
+    struct img *img = scratch_open("w.qcow2", "qcow2", true);
     scattered_writes(img, model, size, count, max_len, 7);
     /* overwrite some of it again: in place now */
     scattered_writes(img, model, size, count / 2, max_len, 99);
@@ -265,7 +241,7 @@ Test(qcow2_write, refcount_table_grows_with_512_byte_clusters)
      * table cluster names 64 blocks (8 MiB): 12 MiB of data moves the table. */
     create("g.qcow2", 16 << 20, "cluster_size=512");
     uint8_t *model = calloc(1, 16 << 20);
-    struct img *img = open_rw("g.qcow2");
+    struct img *img = scratch_open("g.qcow2", "qcow2", true);
     write_both(img, model, 0, 12 << 20, 3);
     scattered_writes(img, model, 16 << 20, 200, 5000, 11);
     must(img, img->fmt->flush(img), "flush");
@@ -293,7 +269,7 @@ static void cow_over_backing(const char *top_opts)
     char err[512] = "";
     cr_assert_eq(try_create("top.qcow2", size, top_opts, "base.qcow2", "qcow2", err,
                             sizeof(err)), 0, "%s", err);
-    struct img *img = open_rw("top.qcow2");
+    struct img *img = scratch_open("top.qcow2", "qcow2", true);
     scattered_writes(img, model, size, 150, 40000, 5);
     img_close(img);
     qemu_check_clean("top.qcow2");
@@ -321,7 +297,7 @@ Test(qcow2_write, over_compressed_and_zero_clusters)
     sh("qemu-io -f qcow2 -c 'write -z 1M 256k' -c 'write -z -u 2M 128k' c.qcow2");
     memset(model + (1 << 20), 0, 256 << 10);
     memset(model + (2 << 20), 0, 128 << 10);
-    struct img *img = open_rw("c.qcow2");
+    struct img *img = scratch_open("c.qcow2", "qcow2", true);
     scattered_writes(img, model, size, 100, 20000, 21);
     write_both(img, model, 3 << 20, 65536, 77);   /* a whole compressed cluster replaced */
     img_close(img);
@@ -340,7 +316,7 @@ static void compressed_round_trip(const char *opts)
     for (uint64_t off = 0; off < size; off++)
         model[off] = (uint8_t)("compressible text "[off % 18] + (off >> 16) % 7);
     fill(model + (1 << 20), 65536, 1 << 20, 5);   /* does not shrink: stored plain */
-    struct img *img = open_rw("z.qcow2");
+    struct img *img = scratch_open("z.qcow2", "qcow2", true);
     uint64_t cs = img->cluster_size;
     for (uint64_t off = 0; off < size; off += cs) {
         size_t len = size - off < cs ? (size_t)(size - off) : cs;
@@ -380,7 +356,7 @@ static void zeroes_case(const char *opts, bool backing, bool may_unmap)
     char err[512] = "";
     cr_assert_eq(try_create("zz.qcow2", size, opts, backing ? "zb.raw" : NULL,
                             backing ? "raw" : NULL, err, sizeof(err)), 0, "%s", err);
-    struct img *img = open_rw("zz.qcow2");
+    struct img *img = scratch_open("zz.qcow2", "qcow2", true);
     write_both(img, model, 0, size / 2, 8);
     static const uint64_t ranges[][2] = {
         { 0, 65536 }, { 100000, 300000 }, { 1 << 20, 1 << 20 }, { 3 << 20, 5000 },
@@ -416,13 +392,13 @@ Test(qcow2_write, set_backing_shows_in_qemu_info)
     sh("qemu-img create -f qcow2 b1.qcow2 10M && qemu-img create -f qcow2 b2.qcow2 10M");
     char err[512] = "";
     cr_assert_eq(try_create("t.qcow2", 10 << 20, "", "b1.qcow2", "qcow2", err, sizeof(err)), 0);
-    struct img *img = open_rw("t.qcow2");
+    struct img *img = scratch_open("t.qcow2", "qcow2", true);
     must(img, img->fmt->set_backing(img, "b2.qcow2", "qcow2"), "set_backing");
     img_close(img);
     sh("qemu-img info --output=json t.qcow2 | grep -q '\"backing-filename\": \"b2.qcow2\"'");
     sh("qemu-img info --output=json t.qcow2 | grep -q '\"backing-filename-format\": \"qcow2\"'");
     qemu_check_clean("t.qcow2");
-    img = open_rw("t.qcow2");
+    img = scratch_open("t.qcow2", "qcow2", true);
     must(img, img->fmt->set_backing(img, NULL, NULL), "drop backing");
     img_close(img);
     cr_assert_neq(sh_status("qemu-img info t.qcow2 | grep -q backing"), 0);
@@ -433,7 +409,7 @@ Test(qcow2_write, resize_grows_the_l1_table)
 {
     create("r.qcow2", 1 << 20, "cluster_size=512");
     uint8_t *model = calloc(1, 64 << 20);
-    struct img *img = open_rw("r.qcow2");
+    struct img *img = scratch_open("r.qcow2", "qcow2", true);
     write_both(img, model, 1000, 100000, 1);
     /* 512-byte clusters: one L1 cluster covers 64 * 32 KiB = 2 MiB */
     must(img, img->fmt->resize(img, 64 << 20, false), "resize");
@@ -442,7 +418,7 @@ Test(qcow2_write, resize_grows_the_l1_table)
     img_close(img);
     qemu_check_clean("r.qcow2");
     qemu_reads("r.qcow2", model, 64 << 20);
-    img = open_rw("r.qcow2");
+    img = scratch_open("r.qcow2", "qcow2", true);
     must(img, img->fmt->resize(img, 32 << 20, true), "shrink");
     img_close(img);
     qemu_check_clean("r.qcow2");
@@ -605,7 +581,7 @@ static struct round round_at(unsigned k, uint64_t size)
 
 static void crash_child(const char *name, uint64_t size, unsigned compressed_every)
 {
-    struct img *img = open_rw(name);
+    struct img *img = scratch_open(name, "qcow2", true);
     uint8_t *buf = malloc(200000);
     int mark = open(in_dir("flushed"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     for (unsigned k = 0;; k++) {
@@ -722,14 +698,14 @@ Test(qcow2_write, dirty_image_needs_repair_before_writing)
     uint8_t b = 1;   /* incompatible feature bit 0: dirty */
     cr_assert_eq(pwrite(fd, &b, 1, 79), 1);
     close(fd);
-    struct img *img = open_rw("d.qcow2");
+    struct img *img = scratch_open("d.qcow2", "qcow2", true);
     uint8_t data[512] = { 1 };
     cr_assert_eq(img->fmt->write(img, data, sizeof(data), 0), -EROFS);
     cr_assert_not_null(strstr(img->errmsg, "dirty"), "%s", img->errmsg);
     img_close(img);
     struct lines l = { "" };
     run_check("d.qcow2", IMG_CHECK_REPAIR_LEAKS | IMG_CHECK_REPAIR_ERRORS, &l);
-    img = open_rw("d.qcow2");
+    img = scratch_open("d.qcow2", "qcow2", true);
     must(img, img->fmt->write(img, data, sizeof(data), 0), "write after repair");
     img_close(img);
     qemu_check_clean("d.qcow2");
