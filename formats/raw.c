@@ -73,6 +73,18 @@ static void find_run(struct img *img, uint64_t off, struct raw_state *run)
         run->kind = IMG_DATA;   /* no SEEK_DATA here (or a device): all data */
         return;
     }
+    if (data < 0) {
+        /* No data after `off`: a trailing hole, or the file shrank since it
+         * was opened.  Bytes past its end now are missing, not zeros: they
+         * map as data, and reading them fails. */
+        int64_t host = img_fd_size(img->fd);
+        if (host >= 0 && off >= (uint64_t)host) {
+            run->kind = IMG_DATA;
+            return;
+        }
+        if (host >= 0 && (uint64_t)host < run->end)
+            run->end = (uint64_t)host;
+    }
     if (data < 0 || (uint64_t)data > off) {
         run->kind = IMG_ZERO;
         if (data >= 0 && (uint64_t)data < run->end)

@@ -4,8 +4,11 @@
 #include "imgfs.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -190,6 +193,47 @@ static int build_reply(struct reply *rp, struct img *img, uint64_t off, uint64_t
     return 0;
 }
 
+/* The host file behind fd buffer `b` is shorter than the map promised: it
+ * was truncated or replaced under us.  Say which file, once. */
+static int host_file_short(const struct fuse_buf *b, off_t host_size)
+{
+    char link[64], path[PATH_MAX], msg[PATH_MAX + 160];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", b->fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    path[n > 0 ? n : 0] = '\0';
+    /* No offset in the message: log_once then says it once per file. */
+    snprintf(msg, sizeof(msg), "%s: host file is %lld bytes, shorter than the data its map "
+             "points at (changed while mounted?)", n > 0 ? path : "?", (long long)host_size);
+    log_once(msg);
+    return -EIO;
+}
+
+/* libfuse splices fd buffers and sends what it got: a host file cut short
+ * while mounted would become a short reply, which the kernel takes for the
+ * end of the file (the view would seem to shrink, its tail read as nothing).
+ * Every host range must therefore lie inside its file now; one fstat per
+ * distinct file per request is cheap next to the FUSE round trip. */
+static int check_host_ranges(const struct reply *rp)
+{
+    int size_fd = -1;
+    off_t host_size = 0;
+    for (size_t i = 0; i < rp->v->count; i++) {
+        const struct fuse_buf *b = &rp->v->buf[i];
+        if (!(b->flags & FUSE_BUF_IS_FD))
+            continue;
+        if (b->fd != size_fd) {
+            struct stat st;
+            if (fstat(b->fd, &st) < 0)
+                return -EIO;
+            size_fd = b->fd;
+            host_size = st.st_size;
+        }
+        if ((uint64_t)b->pos + b->size > (uint64_t)host_size)
+            return host_file_short(b, host_size);
+    }
+    return 0;
+}
+
 void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
              struct fuse_file_info *fi)
 {
@@ -209,6 +253,8 @@ void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         return;
     }
     int r = build_reply(&rp, img, (uint64_t)off, end);
+    if (r == 0)
+        r = check_host_ranges(&rp);
     if (r < 0)
         fuse_reply_err(req, -r);
     else
