@@ -408,8 +408,13 @@ static int open_backing(struct img *img, struct chain_ctx *cx, unsigned depth)
         return -ENOMEM;
     img->backing = b;
     int r = open_layer(b, cx, img->backing_fmt, depth);
-    if (r < 0)
-        set_errmsg(img, "%s: backing file: %s", img->path, b->errmsg);
+    if (r < 0) {
+        /* Name this image and the layer at fault, not every layer between:
+         * through a chain 64 deep the fault would fall off the message. */
+        static const char sep[] = ": backing file: ";
+        const char *fault = strstr(b->errmsg, sep);
+        set_errmsg(img, "%s%s%s", img->path, sep, fault ? fault + strlen(sep) : b->errmsg);
+    }
     return r;
 }
 

@@ -446,6 +446,8 @@ void ctl_progress_done(struct ctl_progress *p)
 
 /* ---- images ---- */
 
+bool ctl_allow_outside;
+
 const struct img_format *ctl_format(const char *name)
 {
     const struct img_format *fmt = img_format_by_name(name);
@@ -487,7 +489,7 @@ struct img *ctl_open(const char *path, const char *format, unsigned flags)
         .force_share = flags & CTL_OPEN_FORCE_SHARE,
         .no_backing = flags & CTL_OPEN_NO_BACKING,
         .unsafe_cache = flags & CTL_OPEN_UNSAFE_CACHE,
-        .allow_outside = true,
+        .allow_outside = ctl_allow_outside,
     };
     struct img *img;
     char err[IMG_ERRMSG_MAX + 64];

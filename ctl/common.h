@@ -153,6 +153,11 @@ void ctl_progress_done(struct ctl_progress *p);
 
 /* ---- images ----------------------------------------------------------- */
 
+/* --allow-outside: follow backing files, data files and VMDK extents that
+ * resolve outside the top image's folder (refused by default: a downloaded
+ * image must not make imgctl read /etc/shadow). */
+extern bool ctl_allow_outside;
+
 #define CTL_OPEN_RW           0x1u  /* open for writing (takes the write lock) */
 #define CTL_OPEN_FORCE_SHARE  0x2u  /* -U: take no lock */
 #define CTL_OPEN_NO_BACKING   0x4u  /* this layer alone (rebase -u, info) */

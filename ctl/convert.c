@@ -270,10 +270,11 @@ static int run_convert(struct convert_args *a, struct img **srcs, struct img *ds
     }
     if (prog.enabled)
         putchar('\n');
-    ctl_error("error while %s at byte %llu: %s", err.writing ? "writing" : "reading",
-              (unsigned long long)err.offset, err.msg);
-    if (!created)
-        ctl_error("%s: left partly written", a->dst);
+    /* One line: the fault, then what becomes of the destination (the
+     * caller removes a destination it created). */
+    ctl_error("error while %s at byte %llu: %s (%s: %s)", err.writing ? "writing" : "reading",
+              (unsigned long long)err.offset, err.msg, a->dst,
+              created ? "removed the unfinished destination" : "left partly written");
     return -1;
 }
 
@@ -294,10 +295,8 @@ static int convert_images(struct convert_args *a, struct img **srcs, uint64_t to
                                CTL_OPEN_RW | (a->unsafe_cache ? CTL_OPEN_UNSAFE_CACHE : 0));
     int r = dst ? run_convert(a, srcs, dst, created) : -1;
     img_close(dst);
-    if (r < 0 && created) {
+    if (r < 0 && created)
         ctl_remove_created(a->dst);
-        ctl_error("%s: removed the unfinished destination", a->dst);
-    }
     return r < 0 ? 1 : 0;
 }
 

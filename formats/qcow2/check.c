@@ -118,6 +118,11 @@ static int check_entry(struct checker *ck, struct l2_walk *wk, uint64_t entry, u
     }
     uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
     uint64_t host = entry & QCOW2_OFFSET_MASK;
+    if (entry & QCOW2_L2E_RESERVED) {
+        report(ck, "ERROR found L2 entry with reserved bits set: 0x%016llx",
+               (unsigned long long)entry);
+        res->corruptions++;
+    }
     if (q->geom.extended_l2 && (alloc & zero)) {
         report(ck, "ERROR: Invalid cluster entry 0x%016llx (subclusters both allocated and "
                "zero)", (unsigned long long)entry);
@@ -171,6 +176,11 @@ static int check_l1(struct checker *ck, const uint64_t *l1, uint32_t size, bool 
     struct qcow2 *q = ck->q;
     for (uint32_t i = 0; i < size; i++) {
         uint64_t l2_off = l1[i] & QCOW2_OFFSET_MASK;
+        if (l1[i] & QCOW2_L1E_RESERVED) {
+            report(ck, "ERROR found L1 entry with reserved bits set: 0x%016llx",
+                   (unsigned long long)l1[i]);
+            ck->res->corruptions++;
+        }
         if (!l2_off)
             continue;
         if (l2_off & (q->cluster_size - 1)) {

@@ -45,6 +45,9 @@
 #define QCOW2_OFLAG_COPIED      (1ull << 63)
 #define QCOW2_OFLAG_COMPRESSED  (1ull << 62)
 #define QCOW2_OFLAG_ZERO        (1ull << 0)
+/* Bits the spec reserves (must be zero): check reports them as qemu does. */
+#define QCOW2_L1E_RESERVED      0x7f000000000001ffull  /* bits 0..8, 56..62 */
+#define QCOW2_L2E_RESERVED      0x3f000000000001feull  /* bits 1..8, 56..61 */
 
 enum qcow2_compression { QCOW2_COMPRESSION_ZLIB = 0, QCOW2_COMPRESSION_ZSTD = 1 };
 
