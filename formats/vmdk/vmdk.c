@@ -531,4 +531,5 @@ const struct img_format img_format_vmdk = {
     .write_compressed = vmdk_write_compressed,
     .write_zeroes = vmdk_write_zeroes,
     .flush = vmdk_flush,
+    .check = vmdk_check,
 };

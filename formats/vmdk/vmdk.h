@@ -170,6 +170,12 @@ struct vmdk {
     int cid_state;             /* 0 unchecked, 1 good, -1 mismatch */
 };
 
+/* ---- check (check.c) ---- */
+
+/* Every table and grain of each hosted sparse extent inside its file, no
+ * two sharing a sector.  No repair. */
+int vmdk_check(struct img *img, struct img_check *res, unsigned repair);
+
 /* ---- create (create.c) ---- */
 
 struct img_create_opts;

@@ -929,3 +929,70 @@ Test(vmdk, header_damaged_stream_never_crashes, .timeout = 300)
     sh("qemu-img convert -O vmdk -o subformat=streamOptimized src.raw d.vmdk");
     flip_bytes_and_read("d.vmdk", 150, 2);
 }
+
+/* ---- check ---- */
+
+static void collect_line(void *ctx, const char *line)
+{
+    char *all = ctx;
+    strncat(all, line, 4095 - strlen(all));
+    strncat(all, "\n", 4095 - strlen(all));
+}
+
+/* Run the check of `name`; the findings land in `lines` (4096 bytes). */
+static struct img_check run_check(const char *name, char *lines)
+{
+    struct img *img = must_open(in_dir(name));
+    struct img_check c = { .report = collect_line, .report_ctx = lines };
+    lines[0] = '\0';
+    cr_assert_not_null(img->fmt->check);
+    cr_assert_eq(img->fmt->check(img, &c, 0), 0, "check %s: %s", name, img->errmsg);
+    img_close(img);
+    return c;
+}
+
+/* The first grain table of a monolithicSparse qemu-img made, and the sector
+ * of its grain directory (header: gdOffset at byte 56). */
+static uint64_t first_gt(const char *name, uint64_t *gd_sector)
+{
+    *gd_sector = peek_le32(name, 56);
+    return (uint64_t)peek_le32(name, *gd_sector * 512) * 512;
+}
+
+Test(vmdk, check_clean_images)
+{
+    sh("qemu-img create -f vmdk s.vmdk 64M && qemu-io -f vmdk -c 'write -P 1 0 1M' s.vmdk");
+    sh("qemu-img create -f vmdk -o subformat=streamOptimized c.vmdk 64M && "
+       "qemu-io -f vmdk -c 'write -P 2 0 1M' c.vmdk");
+    char lines[4096];
+    for (const char *const *n = (const char *const[]){ "s.vmdk", "c.vmdk", NULL }; *n; n++) {
+        struct img_check c = run_check(*n, lines);
+        cr_assert_eq(c.corruptions + c.check_errors, 0, "%s: %s", *n, lines);
+    }
+}
+
+Test(vmdk, check_finds_grain_on_table)
+{
+    sh("qemu-img create -f vmdk s.vmdk 64M && qemu-io -f vmdk -c 'write -P 1 0 128k' s.vmdk");
+    uint64_t gd, gt = first_gt("s.vmdk", &gd);
+    patch_le32("s.vmdk", gt + 4, (uint32_t)gd);   /* grain 1 on the directory */
+    char lines[4096];
+    struct img_check c = run_check("s.vmdk", lines);
+    cr_assert_geq(c.corruptions, 1, "%s", lines);
+    cr_assert_not_null(strstr(lines, "grain 1 at sector"), "%s", lines);
+    cr_assert_not_null(strstr(lines, "overlaps"), "%s", lines);
+}
+
+Test(vmdk, check_finds_shared_and_past_end)
+{
+    sh("qemu-img create -f vmdk s.vmdk 64M && qemu-io -f vmdk -c 'write -P 1 0 64k' s.vmdk");
+    uint64_t gd, gt = first_gt("s.vmdk", &gd);
+    patch_le32("s.vmdk", gt + 8, peek_le32("s.vmdk", gt));   /* grain 2 shares grain 0 */
+    patch_le32("s.vmdk", gt + 12, 0x7fffff00);                /* grain 3 past the end */
+    char lines[4096];
+    struct img_check c = run_check("s.vmdk", lines);
+    cr_assert_eq(c.corruptions, 2, "%s", lines);
+    cr_assert_not_null(strstr(lines, "grain 2 at sector"), "%s", lines);
+    cr_assert_not_null(strstr(lines, "grain 3 at sector 2147483392 lies past the end"), "%s",
+                       lines);
+}
