@@ -24,6 +24,7 @@ struct checker {
     struct qcow2 *q;
     struct img_check *res;
     unsigned repair;
+    uint64_t file_size;    /* of the image file when the check began */
     uint16_t *refs;        /* references seen per host cluster, saturating */
     uint64_t n;            /* clusters refs covers */
     bool refs_full;        /* a reference lay past QCOW2_CHECK_MAX_CLUSTERS */
@@ -69,6 +70,17 @@ static int add_refs(struct checker *ck, uint64_t off, uint64_t len)
 {
     if (len == 0)
         return 0;
+    /* A region a cluster or more past the end of the file is corrupt, not
+     * counted (as qemu): counting it would size the table by a number any
+     * image can write, and walk it cluster by cluster. */
+    uint64_t end = off + len;
+    if (end < off || (end > ck->file_size && end - ck->file_size >= ck->q->cluster_size)) {
+        report(ck, "ERROR: counting reference for region exceeding the end of the file by one "
+               "cluster or more: offset 0x%llx size 0x%llx", (unsigned long long)off,
+               (unsigned long long)len);
+        ck->res->corruptions++;
+        return 0;
+    }
     unsigned bits = ck->q->geom.cluster_bits;
     uint64_t last = (off + len - 1) >> bits;
     if (last >= ck->n) {
@@ -419,8 +431,12 @@ static int run_check(struct checker *ck)
 {
     struct qcow2 *q = ck->q;
     struct img_check *res = ck->res;
-    uint64_t file_size = (uint64_t)img_fd_size(ck->img->fd);
-    uint64_t clusters = (file_size + q->cluster_size - 1) >> q->geom.cluster_bits;
+    int64_t file_size = img_fd_size(ck->img->fd);
+    if (file_size < 0)
+        return img_error(ck->img, (int)-file_size, "cannot get the file size: %s",
+                         strerror((int)-file_size));
+    ck->file_size = (uint64_t)file_size;
+    uint64_t clusters = (ck->file_size + q->cluster_size - 1) >> q->geom.cluster_bits;
     if (clusters > QCOW2_CHECK_MAX_CLUSTERS) {
         res->check_errors++;
         return img_error(ck->img, EFBIG, "the file holds %llu clusters, more than check can "

@@ -1,6 +1,6 @@
 /* Drive one input through the public core API exactly as imgfs does when it
  * serves a file: img_open, the whole img_map walk, img_read_extent of the
- * data.  Shared by the libFuzzer targets and tests/unit/test_regressions.c so
+ * data; then the driver's check, as imgctl check runs it.  Shared by the libFuzzer targets and tests/unit/test_regressions.c so
  * that a regression replays the very steps that found it. */
 #include "exercise.h"
 
@@ -199,6 +199,25 @@ static int touch_info(struct img *img, char *why, size_t whylen)
     return total == (size_t)-1;   /* keeps the loop from being optimised away */
 }
 
+/* `imgctl check` reads every table of an untrusted image too: run the
+ * driver's check (no repair) and touch every line it reports. */
+static void count_line(void *ctx, const char *line)
+{
+    *(size_t *)ctx += strlen(line);
+}
+
+static int run_check(struct img *img, char *why, size_t whylen)
+{
+    if (!img->fmt->check)
+        return 0;
+    size_t total = 0;
+    struct img_check c = { .report = count_line, .report_ctx = &total };
+    int r = img->fmt->check(img, &c, 0);
+    if (r < 0)
+        return judge_failure("check", r, img->errmsg, why, whylen);
+    return 0;
+}
+
 int fz_exercise(const char *path, const char *format, char *why, size_t whylen)
 {
     char err[IMG_ERRMSG_MAX] = "";
@@ -212,6 +231,8 @@ int fz_exercise(const char *path, const char *format, char *why, size_t whylen)
     r = touch_info(img, why, whylen);
     if (r == 0)
         r = walk_map(img, why, whylen);
+    if (r == 0)
+        r = run_check(img, why, whylen);
     img_close(img);
     return r < 0 ? -1 : 0;
 }
