@@ -252,7 +252,10 @@ cleanup() {
         fi
         stop_pid "$p"
     done
-    for i in "${!MOUNTS[@]}"; do
+    # Newest first: a mount may serve files to one made after it (faultfs).
+    local idx=("${!MOUNTS[@]}")
+    for ((d = ${#idx[@]} - 1; d >= 0; d--)); do
+        i=${idx[$d]}
         unmount_fuse "${MOUNTS[$i]}" || say "cleanup: could not unmount ${MOUNTS[$i]}"
         stop_pid "${MOUNT_PIDS[$i]}"
     done
