@@ -56,4 +56,13 @@ if alive "$IMGFS_PID"; then
 else
     fail daemon-alive-at-end "imgfs (PID $IMGFS_PID) died"
 fi
+umount_imgfs mnt
+
+# Lifting the folder rule, the "outside" cases read as qemu-img reads them.
+if mount_imgfs h/src mnt2 -o allow_outside; then
+    record < <(python3 "$H/judge.py" mount-allow-outside h mnt2 "$IMGFS_PID" "$IMGFS_LOG" 2>&1 ||
+        echo "FAIL judge-mount-allow-outside: judge.py failed")
+else
+    fail mount-allow-outside "$IMGFS_ERR"
+fi
 finish

@@ -14,6 +14,10 @@ judge.py mount OUT MNT PID LOG
     every case through the mount: a view reads exactly what imgctl converted,
     or is refused (absent or an error) where imgctl convert failed; the daemon
     stays up; each refused image is named in the log; no log line repeats.
+
+judge.py mount-allow-outside OUT MNT PID LOG
+    the "outside" cases through a mount made with -o allow_outside: each view
+    reads what imgctl --allow-outside converted.
 """
 import errno
 import hashlib
@@ -97,6 +101,7 @@ def do_imgctl(out, imgctl):
     for case, fmt, expect, fault in manifest(out):
         path = os.path.join(src, case)
         cwd = os.path.dirname(path)
+        allowed_sha = "-"   # the bytes read with --allow-outside
         for f in (ours, theirs):
             if os.path.exists(f):
                 os.unlink(f)
@@ -124,9 +129,11 @@ def do_imgctl(out, imgctl):
                             f"{case}/confined", f"{fault}: not refused as outside: {msg!r}")
             allowed = Run([imgctl, "convert", "--allow-outside", "-O", "raw", path, ours], cwd)
             fine &= judge_run(case, "allowed", allowed, path)
-            if allowed.rc == 0 and qemu_convert(path, fmt, theirs, cwd):
-                fine &= verdict(sha_file(ours) == sha_file(theirs), f"{case}/allowed-bytes",
-                                "--allow-outside reads other bytes than qemu-img")
+            if allowed.rc == 0:
+                allowed_sha = sha_file(ours)
+                if qemu_convert(path, fmt, theirs, cwd):
+                    fine &= verdict(allowed_sha == sha_file(theirs), f"{case}/allowed-bytes",
+                                    "--allow-outside reads other bytes than qemu-img")
             os.unlink(ours) if os.path.exists(ours) else None
         elif expect == "good":
             fine &= verdict(not failed, f"{case}/accepted",
@@ -137,7 +144,7 @@ def do_imgctl(out, imgctl):
         if conv.rc == 0 and qemu_convert(path, fmt, theirs, cwd):
             fine &= verdict(sha == sha_file(theirs), f"{case}/bytes",
                             f"{fault}: imgctl reads other bytes than qemu-img")
-        results.append((case, "ok" if conv.rc == 0 else "refused", sha))
+        results.append((case, "ok" if conv.rc == 0 else "refused", sha, allowed_sha))
         if fine:
             verdict(True, f"{case}/imgctl")
     with open(os.path.join(out, "imgctl.tsv"), "w") as f:
@@ -172,6 +179,10 @@ def read_view(path):
         return "error", f"{errno.errorcode.get(e.errno, e.errno)}"
 
 
+def expect_of(out, case):
+    return next(c[2] for c in manifest(out) if c[0] == case)
+
+
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -180,14 +191,19 @@ def alive(pid):
         return False
 
 
-def do_mount(out, mnt, pid, log):
+def do_mount(out, mnt, pid, log, allow_outside=False):
     ours = {}
     with open(os.path.join(out, "imgctl.tsv")) as f:
         for line in f:
-            case, status, sha = line.rstrip("\n").split("\t")
+            case, status, sha, allowed_sha = line.rstrip("\n").split("\t")
+            if allow_outside and expect_of(out, case) == "outside":
+                status, sha = ("ok" if allowed_sha != "-" else "refused"), allowed_sha
             ours[case] = (status, sha)
-    refused = []
+    refused, seen = [], 0
     for case, fmt, expect, fault in manifest(out):
+        if allow_outside and expect != "outside":
+            continue
+        seen += 1
         view = view_of(mnt, case)
         t0 = time.monotonic()
         state, what = read_view(view)
@@ -225,7 +241,7 @@ def do_mount(out, mnt, pid, log):
     with open(f"/proc/{pid}/status") as f:
         hwm = [ln for ln in f if ln.startswith("VmHWM:")]
     kb = int(hwm[0].split()[1]) if hwm else 0
-    print(f"note: imgfs peak resident memory {kb // 1024} MiB after {len(ours)} images")
+    print(f"note: imgfs peak resident memory {kb // 1024} MiB after {seen} images")
     verdict(kb < 512 * 1024, "memory-bounded", f"peak resident memory {kb // 1024} MiB")
 
 
@@ -234,8 +250,9 @@ def main():
         sys.argv[2] = os.path.abspath(sys.argv[2])   # commands run in the images' folders
     if len(sys.argv) >= 4 and sys.argv[1] == "imgctl":
         do_imgctl(sys.argv[2], os.path.abspath(sys.argv[3]))
-    elif len(sys.argv) >= 6 and sys.argv[1] == "mount":
-        do_mount(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif len(sys.argv) >= 6 and sys.argv[1] in ("mount", "mount-allow-outside"):
+        do_mount(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5],
+                 sys.argv[1] == "mount-allow-outside")
     else:
         sys.exit(__doc__)
 
