@@ -418,6 +418,8 @@ else
     size_is trunc/grown-qcow2 "$MNT/g.raw" $((16 * M))
     size_is trunc/grown-raw "$MNT/gr.raw" $((17 * M + 4 * K))
     expect trunc/grown-qcow2/held-later ok "$MNT/g.raw" trunc/ref/g.qcow2.raw "fd:$fd_g" "${ALL_MIB[@]}"
+    # a new open sees the raw file as stat now describes it, to its new end
+    expect trunc/grown-raw/new-open ok "$MNT/gr.raw" trunc/src/gr.img direct "$((16 * M)):$((M + 4 * K))"
     unhold "$fd_t" "$fd_to" "$fd_tr" "$fd_g" "$fd_gr"
     sleep "$CACHE_WAIT"
 
