@@ -63,10 +63,22 @@ struct node {
     bool attr_valid;      /* data_bytes valid for attr_sig */
     struct file_sig attr_sig;
     uint64_t data_bytes;
-    struct img *img;      /* open chain shared by all handles */
-    unsigned opens;
-    bool open_sig_valid;  /* the version the kernel's page cache holds */
-    struct file_sig open_sig;
+    struct chain *chain;  /* the current version's open chain, while handles use it */
+    bool cache_sig_valid; /* the version the kernel's page cache holds */
+    struct file_sig cache_sig;
+};
+
+/* One opened version of an image file, shared by the handles opened on it.
+ * A handle keeps its chain when the file is replaced or deleted under it:
+ * it goes on reading the bytes it opened, while new opens get a chain of
+ * the new version.  fi->fh of an open file points here. */
+struct chain {
+    struct node *node;
+    struct img *img;
+    struct file_sig sig;  /* the top file's version when opened */
+    unsigned refs;        /* open handles; node->lock */
+    bool data_valid;      /* data_bytes counted; node->lock */
+    uint64_t data_bytes;
 };
 
 /* tree.c */
@@ -85,8 +97,11 @@ void tree_free_list(struct dir_entry *e, size_t n);
 size_t tree_count(void);
 fuse_ino_t tree_parent(const struct node *n);
 int node_attr(struct node *n, struct stat *st);
-int node_open(struct node *n, struct img **img, bool *keep_cache);
-void node_release(struct node *n);
+/* Attributes for an open handle: of the version it reads, even when the
+ * path now names another file or none. */
+int chain_attr(struct chain *c, struct stat *st);
+int node_open(struct node *n, struct chain **chain, bool *keep_cache);
+void chain_release(struct chain *c);
 
 /* naming.c */
 bool name_has_raw_suffix(const char *name);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -17,11 +19,11 @@
 /* Every hole of every read points here; never written. */
 static const char zero_buf[ZERO_BUF_SIZE];
 
-/* A file handle is its node: the open chain is shared by all handles and
- * stays while any is open, so nothing per handle needs allocating. */
-static struct node *node_of(const struct fuse_file_info *fi)
+/* A file handle is the chain of the file version it opened, shared by all
+ * handles of that version: nothing per handle needs allocating. */
+static struct chain *chain_of(const struct fuse_file_info *fi)
 {
-    return (struct node *)(uintptr_t)fi->fh;
+    return (struct chain *)(uintptr_t)fi->fh;
 }
 
 void io_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -39,27 +41,27 @@ void io_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EROFS);
         return;
     }
-    struct img *img;
+    struct chain *c;
     bool keep = false;
-    int r = node_open(n, &img, &keep);
+    int r = node_open(n, &c, &keep);
     if (r < 0) {
         fuse_reply_err(req, -r);
         return;
     }
-    fi->fh = (uintptr_t)n;
+    fi->fh = (uintptr_t)c;
     fi->keep_cache = keep;
     /* Reads never change: let the kernel cache and read ahead freely. */
     fi->noflush = 1;
     if (fuse_reply_open(req, fi) == -ENOENT) {
         /* The open was interrupted: no release will come for it. */
-        node_release(n);
+        chain_release(c);
     }
 }
 
 void io_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
-    node_release(node_of(fi));
+    chain_release(chain_of(fi));
     fuse_reply_err(req, 0);
 }
 
@@ -193,52 +195,198 @@ static int build_reply(struct reply *rp, struct img *img, uint64_t off, uint64_t
     return 0;
 }
 
-/* The host file behind fd buffer `b` is shorter than the map promised: it
- * was truncated or replaced under us.  Say which file, once. */
-static int host_file_short(const struct fuse_buf *b, off_t host_size)
+/* ---- sending host bytes ---- */
+
+/* libfuse splices fd buffers and sends whatever it got: a host read error
+ * or a file cut short midway would go out as a short reply, which the
+ * kernel takes for the end of the file (the view seems to shrink, its tail
+ * reads as nothing).  So the reply is first assembled in a pipe of this
+ * thread, where every shortfall shows before anything is sent, and libfuse
+ * then moves that pipe on: still no copy of the host bytes. */
+struct thread_pipe {
+    int fd[2];
+    size_t cap;
+};
+
+static pthread_key_t pipe_key;
+static pthread_once_t pipe_once = PTHREAD_ONCE_INIT;
+
+static void pipe_free(void *p)
+{
+    struct thread_pipe *tp = p;
+    close(tp->fd[0]);
+    close(tp->fd[1]);
+    free(tp);
+}
+
+static void pipe_key_init(void)
+{
+    pthread_key_create(&pipe_key, pipe_free);
+}
+
+/* This thread's pipe, able to hold `need` bytes; NULL when it cannot be
+ * had (the pipe size limit), and the caller reads into memory instead. */
+static struct thread_pipe *thread_pipe(size_t need)
+{
+    pthread_once(&pipe_once, pipe_key_init);
+    struct thread_pipe *tp = pthread_getspecific(pipe_key);
+    if (!tp) {
+        if (!(tp = calloc(1, sizeof(*tp))))
+            return NULL;
+        if (pipe2(tp->fd, O_CLOEXEC | O_NONBLOCK) < 0) {
+            free(tp);
+            return NULL;
+        }
+        pthread_setspecific(pipe_key, tp);
+    }
+    if (tp->cap < need) {
+        int got = fcntl(tp->fd[1], F_SETPIPE_SZ, (int)need);
+        if (got < 0)
+            return NULL;
+        tp->cap = (size_t)got;
+    }
+    return tp;
+}
+
+/* A pipe that may still hold bytes is not reused: a new one is cheaper
+ * than draining it. */
+static void pipe_discard(struct thread_pipe *tp)
+{
+    pthread_setspecific(pipe_key, NULL);
+    pipe_free(tp);
+}
+
+/* Reading host bytes for fd buffer `b` failed (err 0: the file ended
+ * first).  Say which file, once; the read gets EIO. */
+static int host_read_failed(const struct fuse_buf *b, int err)
 {
     char link[64], path[PATH_MAX], msg[PATH_MAX + 160];
     snprintf(link, sizeof(link), "/proc/self/fd/%d", b->fd);
     ssize_t n = readlink(link, path, sizeof(path) - 1);
     path[n > 0 ? n : 0] = '\0';
     /* No offset in the message: log_once then says it once per file. */
-    snprintf(msg, sizeof(msg), "%s: host file is %lld bytes, shorter than the data its map "
-             "points at (changed while mounted?)", n > 0 ? path : "?", (long long)host_size);
+    if (err)
+        snprintf(msg, sizeof(msg), "%s: cannot read image data: %s", n > 0 ? path : "?",
+                 strerror(err));
+    else
+        snprintf(msg, sizeof(msg), "%s: the file ends before the data its map points at "
+                 "(changed while mounted?)", n > 0 ? path : "?");
     log_once(msg);
     return -EIO;
 }
 
-/* libfuse splices fd buffers and sends what it got: a host file cut short
- * while mounted would become a short reply, which the kernel takes for the
- * end of the file (the view would seem to shrink, its tail read as nothing).
- * Every host range must therefore lie inside its file now; one fstat per
- * distinct file per request is cheap next to the FUSE round trip. */
-static int check_host_ranges(const struct reply *rp)
+static int pipe_put_host(struct thread_pipe *tp, const struct fuse_buf *b)
 {
-    int size_fd = -1;
-    off_t host_size = 0;
-    for (size_t i = 0; i < rp->v->count; i++) {
-        const struct fuse_buf *b = &rp->v->buf[i];
-        if (!(b->flags & FUSE_BUF_IS_FD))
+    off_t pos = b->pos;
+    for (size_t left = b->size; left > 0;) {
+        ssize_t n = splice(b->fd, &pos, tp->fd[1], NULL, left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
             continue;
-        if (b->fd != size_fd) {
-            struct stat st;
-            if (fstat(b->fd, &st) < 0)
-                return -EIO;
-            size_fd = b->fd;
-            host_size = st.st_size;
-        }
-        if ((uint64_t)b->pos + b->size > (uint64_t)host_size)
-            return host_file_short(b, host_size);
+        if (n <= 0)
+            return host_read_failed(b, n == 0 ? 0 : errno);
+        left -= (size_t)n;
     }
     return 0;
+}
+
+static int pipe_put_mem(struct thread_pipe *tp, const struct fuse_buf *b)
+{
+    const char *p = b->mem;
+    for (size_t left = b->size; left > 0;) {
+        ssize_t n = write(tp->fd[1], p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -EIO;   /* the pipe is full: sized wrong, not the image's fault */
+        p += n;
+        left -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Room for `total` bytes in `nbufs` pieces: a host range that starts or
+ * ends inside a page takes a pipe slot of its own for that page. */
+static size_t pipe_need(size_t total, size_t nbufs)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return total + (2 * nbufs + 1) * page;
+}
+
+/* Send the reply through this thread's pipe; 1 = no pipe to be had. */
+static int reply_by_pipe(fuse_req_t req, const struct reply *rp, size_t total)
+{
+    struct thread_pipe *tp = thread_pipe(pipe_need(total, rp->v->count));
+    if (!tp)
+        return 1;
+    int r = 0;
+    for (size_t i = 0; r == 0 && i < rp->v->count; i++) {
+        const struct fuse_buf *b = &rp->v->buf[i];
+        r = (b->flags & FUSE_BUF_IS_FD) ? pipe_put_host(tp, b) : pipe_put_mem(tp, b);
+    }
+    if (r < 0) {
+        pipe_discard(tp);
+        fuse_reply_err(req, -r);
+        return 0;
+    }
+    struct fuse_bufvec pv = FUSE_BUFVEC_INIT(total);
+    pv.buf[0].flags = FUSE_BUF_IS_FD;
+    pv.buf[0].fd = tp->fd[0];
+    fuse_reply_data(req, &pv, FUSE_BUF_SPLICE_MOVE);
+    int left = 0;
+    if (ioctl(tp->fd[0], FIONREAD, &left) < 0 || left > 0)
+        pipe_discard(tp);   /* the reply did not go out whole (interrupted) */
+    return 0;
+}
+
+/* Without a pipe: read the host bytes into memory, every one accounted. */
+static void reply_by_copy(fuse_req_t req, const struct reply *rp, size_t total)
+{
+    char *out = malloc(total ? total : 1), *p = out;
+    int r = out ? 0 : -ENOMEM;
+    for (size_t i = 0; r == 0 && i < rp->v->count; i++) {
+        const struct fuse_buf *b = &rp->v->buf[i];
+        if (!(b->flags & FUSE_BUF_IS_FD)) {
+            memcpy(p, b->mem, b->size);
+        } else {
+            for (size_t done = 0; r == 0 && done < b->size;) {
+                ssize_t n = pread(b->fd, p + done, b->size - done, b->pos + (off_t)done);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    r = host_read_failed(b, n == 0 ? 0 : errno);
+                else
+                    done += (size_t)n;
+            }
+        }
+        p += b->size;
+    }
+    if (r < 0)
+        fuse_reply_err(req, -r);
+    else
+        fuse_reply_buf(req, out, total);
+    free(out);
+}
+
+static void send_reply(fuse_req_t req, const struct reply *rp)
+{
+    size_t total = 0;
+    bool host = false;
+    for (size_t i = 0; i < rp->v->count; i++) {
+        total += rp->v->buf[i].size;
+        host |= (rp->v->buf[i].flags & FUSE_BUF_IS_FD) != 0;
+    }
+    /* Zeros and decoded bytes cannot fall short: straight out. */
+    if (!host)
+        fuse_reply_data(req, rp->v, FUSE_BUF_SPLICE_MOVE);
+    else if (reply_by_pipe(req, rp, total) == 1)
+        reply_by_copy(req, rp, total);
 }
 
 void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
              struct fuse_file_info *fi)
 {
     (void)ino;
-    struct img *img = node_of(fi)->img;
+    struct img *img = chain_of(fi)->img;
     if (off < 0 || (uint64_t)off >= img->size || size == 0) {
         fuse_reply_buf(req, NULL, 0);
         return;
@@ -253,12 +401,10 @@ void io_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         return;
     }
     int r = build_reply(&rp, img, (uint64_t)off, end);
-    if (r == 0)
-        r = check_host_ranges(&rp);
     if (r < 0)
         fuse_reply_err(req, -r);
     else
-        fuse_reply_data(req, rp.v, FUSE_BUF_SPLICE_MOVE);
+        send_reply(req, &rp);
     free(rp.arena);
     free(rp.v);
 }
@@ -289,7 +435,7 @@ void io_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
               struct fuse_file_info *fi)
 {
     (void)ino;
-    struct img *img = node_of(fi)->img;
+    struct img *img = chain_of(fi)->img;
     if (whence != SEEK_DATA && whence != SEEK_HOLE) {
         fuse_reply_err(req, EINVAL);
         return;

@@ -72,10 +72,14 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    (void)fi;
     struct node *n = tree_get(ino);
     struct stat st;
-    int r = n ? node_attr(n, &st) : -ENOENT;
+    int r;
+    /* With a handle: the version the handle reads (the path may be gone). */
+    if (fi && fi->fh && n && !n->is_dir)
+        r = chain_attr((struct chain *)(uintptr_t)fi->fh, &st);
+    else
+        r = n ? node_attr(n, &st) : -ENOENT;
     if (r < 0)
         fuse_reply_err(req, -r);
     else

@@ -127,8 +127,10 @@ void tree_destroy(void)
 {
     for (size_t i = 0; i < n_nodes; i++) {
         struct node *n = nodes[i];
-        if (n->img)
-            img_close(n->img);
+        if (n->chain) {
+            img_close(n->chain->img);
+            free(n->chain);
+        }
         pthread_mutex_destroy(&n->lock);
         free(n->kids);
         free(n->rel);
@@ -555,10 +557,10 @@ void tree_free_list(struct dir_entry *e, size_t n)
 /* Data bytes of the whole chain.  A chain that cannot be opened (missing
  * backing file) still gets an honest count of its top layer.  node->lock
  * held. */
-static uint64_t count_data_locked(struct node *n)
+static uint64_t count_data_locked(struct node *n, const struct file_sig *sig)
 {
     uint64_t bytes = 0;
-    if (n->img && img_data_bytes(n->img, &bytes) == 0)
+    if (n->chain && sig_eq(&n->chain->sig, sig) && img_data_bytes(n->chain->img, &bytes) == 0)
         return bytes;
     char *path = src_path(n);
     char err[IMG_ERRMSG_MAX];
@@ -609,7 +611,7 @@ int node_attr(struct node *n, struct stat *out)
     }
     struct file_sig sig = sig_of(&st);
     if (!n->attr_valid || !sig_eq(&sig, &n->attr_sig)) {
-        n->data_bytes = count_data_locked(n);
+        n->data_bytes = count_data_locked(n, &sig);
         n->attr_sig = sig;
         n->attr_valid = true;
     }
@@ -624,9 +626,9 @@ int node_attr(struct node *n, struct stat *out)
     return 0;
 }
 
-/* ---- open chains, shared by all handles of a file ---- */
+/* ---- open chains, shared by the handles of one file version ---- */
 
-static int open_chain_locked(struct node *n)
+static int open_chain_locked(struct node *n, const struct file_sig *sig, struct chain **out)
 {
     char *path = src_path(n);
     char err[IMG_ERRMSG_MAX];
@@ -634,17 +636,23 @@ static int open_chain_locked(struct node *n)
         .format = n->fmt, .force_share = cfg.force_share,
         .allow_outside = cfg.allow_outside, .confine = cfg.src,
     };
-    int r = path ? img_open(path, &o, &n->img, err, sizeof(err)) : -ENOMEM;
+    struct chain *c = calloc(1, sizeof(*c));
+    int r = path && c ? img_open(path, &o, &c->img, err, sizeof(err)) : -ENOMEM;
     free(path);
-    if (r < 0 && r != -ENOMEM)
-        log_once(err);
-    /* The kernel's answer for "someone else holds this image": busy. */
-    if (r == -EAGAIN)
-        return -EBUSY;
-    return r < 0 ? -EIO : 0;
+    if (r < 0) {
+        free(c);
+        if (r != -ENOMEM)
+            log_once(err);
+        /* The kernel's answer for "someone else holds this image": busy. */
+        return r == -EAGAIN ? -EBUSY : r == -ENOMEM ? r : -EIO;
+    }
+    c->node = n;
+    c->sig = *sig;
+    *out = c;
+    return 0;
 }
 
-int node_open(struct node *n, struct img **img, bool *keep_cache)
+int node_open(struct node *n, struct chain **chain, bool *keep_cache)
 {
     struct stat st;
     int r = stat_rel(n->rel, &st);
@@ -653,31 +661,65 @@ int node_open(struct node *n, struct img **img, bool *keep_cache)
     struct file_sig sig = sig_of(&st);
     pthread_mutex_lock(&n->lock);
     probe_locked(n, &st);
+    /* A file replaced or changed since the current chain was opened gets a
+     * chain of its own; handles of the old one keep reading the old one. */
+    if (n->chain && !sig_eq(&n->chain->sig, &sig))
+        n->chain = NULL;
     if (!n->is_image)
         r = -ENOENT;
-    else if (!n->img)
-        r = open_chain_locked(n);
+    else if (!n->chain)
+        r = open_chain_locked(n, &sig, &n->chain);
     if (r == 0) {
-        n->opens++;
-        *img = n->img;
-        /* Page cache from an earlier open is only good for the same file
-         * version. */
-        *keep_cache = n->open_sig_valid && sig_eq(&sig, &n->open_sig);
-        n->open_sig = sig;
-        n->open_sig_valid = true;
+        n->chain->refs++;
+        *chain = n->chain;
+        /* The page cache holds bytes of the version last opened: good only
+         * if that is this one. */
+        *keep_cache = n->cache_sig_valid && sig_eq(&sig, &n->cache_sig);
+        n->cache_sig = sig;
+        n->cache_sig_valid = true;
     }
     pthread_mutex_unlock(&n->lock);
     return r;
 }
 
-void node_release(struct node *n)
+void chain_release(struct chain *c)
 {
+    struct node *n = c->node;
     pthread_mutex_lock(&n->lock);
-    if (n->opens && --n->opens == 0) {
-        img_close(n->img);
-        n->img = NULL;
-    }
+    bool last = --c->refs == 0;
+    if (last && n->chain == c)
+        n->chain = NULL;
     pthread_mutex_unlock(&n->lock);
+    if (last) {
+        img_close(c->img);
+        free(c);
+    }
+}
+
+int chain_attr(struct chain *c, struct stat *out)
+{
+    struct node *n = c->node;
+    struct stat st;
+    /* The path still names this version: the usual answer, cached. */
+    if (stat_rel(n->rel, &st) == 0) {
+        struct file_sig now = sig_of(&st);
+        if (sig_eq(&now, &c->sig))
+            return node_attr(n, out);
+    }
+    if (fstat(c->img->fd, &st) < 0)
+        return -errno;
+    pthread_mutex_lock(&n->lock);
+    if (!c->data_valid && img_data_bytes(c->img, &c->data_bytes) == 0)
+        c->data_valid = true;
+    fill_common(out, &st, n->ino);
+    out->st_mode = S_IFREG | (out->st_mode & 07555);
+    out->st_nlink = 1;
+    out->st_size = (off_t)c->img->size;
+    out->st_blocks = (blkcnt_t)((c->data_bytes + 511) / 512);
+    out->st_blksize = c->img->cluster_size;
+    out->st_rdev = 0;
+    pthread_mutex_unlock(&n->lock);
+    return 0;
 }
 
 /* The folder holding `n` (the root is its own parent), for "..". */
