@@ -178,6 +178,13 @@ def generate(ctx):
     emit("diff-json",
          differencing(e, puuid, "", "json:{'driver':'file','filename':'/etc/hostname'}"),
          "differencing disk whose parent locator is a json: pseudo-name")
+    # 8192 BAT entries all naming one block of a differencing disk: the
+    # sector bitmaps kept per entry would add up to more than the file.
+    r = Vhd(ctx.template("vhd-16g.vhd", FMT, "16G", opts="force_size=on",
+                         writes=["write -P 0x11 0 64k"]))
+    rep = put(r.d, r.bat, r.d[r.bat:r.bat + 4] * r.entries)
+    emit("diff-bat-repeats", differencing(Vhd(rep), puuid),
+         f"differencing disk whose {r.entries} BAT entries all name block 0")
     # A parent beside the child, but another disk (its UUID differs).
     os.makedirs(os.path.join(ctx.src, "vhd-diff-uuid"), exist_ok=True)
     ctx.qimg("create", "-q", "-f", FMT, "-o", "force_size=on",

@@ -17,6 +17,7 @@ SECTOR = 512
 VERSION, FLAGS, CAPACITY, GRAIN, DESC_OFF, DESC_SIZE = 4, 8, 12, 20, 28, 36
 GTES, RGD, GD, OVERHEAD, CHECK_BYTES, COMPRESS = 44, 48, 56, 64, 73, 77
 GD_AT_END = 2**64 - 1
+FLAG_ZERO_GRAIN, FLAG_COMPRESSED, FLAG_MARKERS = 1 << 2, 1 << 16, 1 << 17
 MARKER_FOOTER, MARKER_SIZE = 3, 12
 
 
@@ -179,6 +180,12 @@ def gen_sparse(ctx):
          "grain 0 lies on its own grain table")
     emit("gte-shared", set_gte(d, sp, 1, first[1]),
          "grains 0 and 1 share one host grain")
+    emit("cowd-magic", put(d, 0, b"COWD"), "ESX COWD magic on a hosted sparse header")
+    emit("compress-on-plain", patch(d, COMPRESS, "<H", 1),
+         "deflate compression on a disk of plain grains (each read as a zlib stream)")
+    zeroable = patch(d, FLAGS, "<I", le32(d, FLAGS) | FLAG_ZERO_GRAIN)
+    emit("gte-zeroed", set_gte(zeroable, sp, first[0], 1),
+         "grain 0 'zeroed' (entry 1 with the zero-grain flag): reads as zeros", "good")
     # A header of capacity 0 makes the embedded descriptor a list of extents
     # (QEMU reads it so): this one names the file itself.
     name = "vmdk-capacity-zero-self.vmdk"
@@ -186,9 +193,9 @@ def gen_sparse(ctx):
                   embedded_desc(d, sp))
     ctx.emit(name, patch(with_desc(d, sp, text), CAPACITY, "<Q", 0), FMT,
              "header capacity 0; its embedded descriptor names this file as its extent")
-    emit("desc-no-cid", with_desc(d, sp, re.sub(r"CID=\w+\n", "", embedded_desc(d, sp))),
+    no_cid = re.sub(r"^CID=\w+\n", "", embedded_desc(d, sp), flags=re.M)
+    emit("desc-no-cid", with_desc(d, sp, no_cid),
          "monolithic sparse file whose embedded descriptor has no CID (a bare extent)")
-    return sp
 
 
 def gen_stream(ctx):
@@ -200,7 +207,7 @@ def gen_stream(ctx):
              "vmdk-stream.raw", "vmdk-stream.vmdk", cwd=ctx.work)
     d = ctx.read(os.path.join(ctx.work, "vmdk-stream.vmdk"))
     sp = Sparse(d)
-    assert len(sp.grains) == 4 and le32(d, FLAGS) & (1 << 16), "qemu's stream layout changed"
+    assert len(sp.grains) == 4 and le32(d, FLAGS) & FLAG_COMPRESSED, "qemu's layout changed"
     g0 = sp.grains[0][1] * SECTOR          # first grain's marker
     gb = sp.grain * SECTOR
 
@@ -239,6 +246,8 @@ def gen_stream(ctx):
          "compressed grain 0 is read from the grain directory (no zlib stream there)")
     emit("gte-shared", set_gte(d, sp, 1, sp.grains[0][1]),
          "grains 0 and 1 share one compressed grain")
+    emit("no-marker-flag", patch(d, FLAGS, "<I", le32(d, FLAGS) & ~FLAG_MARKERS),
+         "grains have markers but the header says none (markers read as zlib)")
 
     # A stream whose header says "grain directory at the end" and whose
     # footer (marker, header copy, end-of-stream marker) says where: valid.
