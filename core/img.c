@@ -249,6 +249,32 @@ static int add_companion(struct img *img, char *real, int fd)
     return 0;
 }
 
+/* Open a regular file or a block device, and never hang: open() of a FIFO
+ * waits for a writer, a read of a terminal for a line.  Returns an fd or a
+ * negative errno (-EINVAL for any other kind of file). */
+static int open_data_file(const char *path, bool rw)
+{
+    int fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int r = fstat(fd, &st) < 0 ? -errno : 0;
+    if (r == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        r = -EINVAL;
+    if (r == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+        r = -errno;
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    return fd;
+}
+
+static const char *open_error(int err)
+{
+    return err == EINVAL ? "not a regular file or block device" : strerror(err);
+}
+
 int img_open_referenced(struct img *img, const char *name, const char *what,
                         bool is_companion, char **real_out)
 {
@@ -257,9 +283,21 @@ int img_open_referenced(struct img *img, const char *name, const char *what,
     if (!real)
         return err;
     bool rw = is_companion && img->read_write;
-    int fd = open(real, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* A file named twice (a descriptor may list one extent file thousands
+     * of times) is opened and locked once: each further lock on the same
+     * file would cost the kernel a walk of all the others. */
+    for (size_t i = 0; is_companion && i < img->n_companions; i++) {
+        if (strcmp(img->companions[i], real) != 0)
+            continue;
+        if (real_out)
+            *real_out = real;
+        else
+            free(real);
+        return img->companion_fds[i];
+    }
+    int fd = open_data_file(real, rw);
     if (fd < 0) {
-        err = img_error(img, errno, "cannot open %s '%s': %s", what, name, strerror(errno));
+        err = img_error(img, -fd, "cannot open %s '%s': %s", what, name, open_error(-fd));
         free(real);
         return err;
     }
@@ -360,13 +398,14 @@ static int open_layer(struct img *img, struct chain_ctx *cx, const char *format,
     img->force_share = o->force_share;
     img->allow_outside = o->allow_outside;
     img->unsafe_cache = o->unsafe_cache;
-    img->fd = open(img->path, (img->read_write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-    if (img->fd < 0)
-        return img_error(img, errno, "cannot open: %s", strerror(errno));
+    img->fd = open_data_file(img->path, img->read_write);
+    if (img->fd < 0) {
+        int err = -img->fd;
+        img->fd = -1;
+        return img_error(img, err, "cannot open: %s", open_error(err));
+    }
     if (fstat(img->fd, &st) < 0)
         return img_error(img, errno, "cannot stat: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return img_error(img, EINVAL, "not a regular file or block device");
     for (unsigned i = 0; i < depth; i++)
         if (cx->dev[i] == st.st_dev && cx->ino[i] == st.st_ino)
             return img_error(img, ELOOP, "backing chain loop: this file is already in the chain");

@@ -123,7 +123,8 @@ int img_error(struct img *img, int err, const char *fmt, ...)
  * resolving it against the image's folder and refusing it when it lies
  * outside the confinement root.  Returns an fd, or a negative errno with
  * the message on img.  Data/extent files are also locked and recorded as
- * companions (pass is_companion). */
+ * companions (pass is_companion); the image owns their fds, and a companion
+ * named twice comes back as the same fd. */
 int img_open_referenced(struct img *img, const char *name, const char *what,
                         bool is_companion, char **real_out);
 

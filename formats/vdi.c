@@ -144,8 +144,9 @@ static int vdi_check_header(struct img *img, struct vdi_header *h)
     return 0;
 }
 
-/* Every allocated block must lie in the file: the part of it that the
- * disk size covers (the last block may be cut by the disk size). */
+/* Every allocated block must lie in the file (the part of it that the disk
+ * size covers: the last block may be cut by the disk size), and clear of
+ * the header and the block map, which a write to it would overwrite. */
 static int vdi_check_bmap(struct img *img, const struct vdi *s, uint64_t disk_size,
                           uint64_t file_size)
 {
@@ -161,6 +162,11 @@ static int vdi_check_bmap(struct img *img, const struct vdi *s, uint64_t disk_si
         if (host > file_size || used > file_size - host)
             return img_error(img, EINVAL, "block map entry %u (block %u) points past the end "
                              "of the file", i, e);
+        uint64_t bmap_end = s->offset_bmap + (uint64_t)s->blocks * 4;
+        bool on_header = host < VDI_HEADER_SIZE;
+        if (used && (on_header || (host < bmap_end && host + used > s->offset_bmap)))
+            return img_error(img, EINVAL, "block map entry %u (block %u) lies on the %s", i, e,
+                             on_header ? "header" : "block map");
     }
     return 0;
 }

@@ -1,5 +1,6 @@
-/* vmdk check: every table and grain of every hosted sparse extent lies
- * inside its file, and no two of them share a sector.  QEMU's check asks
+/* vmdk check: every flat file holds its whole extent; every table and
+ * grain of every hosted sparse extent lies inside its file, and no two of
+ * them share a sector.  QEMU's check asks
  * only the first question; grains that overlap a table or each other read
  * as garbage and turn any write into damage elsewhere. */
 #include "vmdk.h"
@@ -172,12 +173,28 @@ static int check_sparse(struct img *img, struct img_check *res, const struct vmd
     return r;
 }
 
+/* A flat file must hold its whole extent: what lies past its end is lost. */
+static void check_flat(struct img_check *res, const struct vmdk_extent *e, size_t index)
+{
+    if (e->file_size >= e->flat_off + e->len)
+        return;
+    char line[512];
+    snprintf(line, sizeof(line), "ERROR extent %zu: %s is %llu bytes, short of the %llu its "
+             "extent ends at", index, e->name, (unsigned long long)e->file_size,
+             (unsigned long long)(e->flat_off + e->len));
+    if (res->report)
+        res->report(res->report_ctx, line);
+    res->corruptions++;
+}
+
 int vmdk_check(struct img *img, struct img_check *res, unsigned repair)
 {
     struct vmdk *v = img->priv;
     if (repair)
         return img_error(img, ENOTSUP, "repairing a vmdk is not supported");
     for (size_t i = 0; i < v->n_ext; i++) {
+        if (v->ext[i].type == VMDK_EXT_FLAT)
+            check_flat(res, &v->ext[i], i);
         if (v->ext[i].type != VMDK_EXT_SPARSE || !v->ext[i].sp)
             continue;
         int r = check_sparse(img, res, v->ext[i].sp);

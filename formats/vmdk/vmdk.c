@@ -309,7 +309,8 @@ static struct vmdk_extent *find_extent(struct vmdk *v, uint64_t off)
 
 /* A flat file is the disk itself, so its holes are holes of the disk (QEMU
  * reports them as data+zero; we say ZERO, which copies sparsely).  Bytes
- * past its end read as zeros, as in QEMU. */
+ * past its end are missing, not zeros (QEMU reads zeros): they map as data
+ * there, and reading them fails. */
 static void map_flat(const struct vmdk_extent *e, uint64_t rel, uint64_t n,
                      struct img_extent *ext)
 {
@@ -319,6 +320,9 @@ static void map_flat(const struct vmdk_extent *e, uint64_t rel, uint64_t n,
     ext->kind = IMG_ZERO;
     if (have == 0) {
         ext->len = n;
+        ext->kind = IMG_DATA;
+        ext->fd = e->fd;
+        ext->host_off = host;
         return;
     }
     uint64_t end = host + ext->len;
@@ -415,8 +419,16 @@ static int zero_flat(struct img *img, struct vmdk_extent *e, uint64_t len, uint6
                      bool may_unmap)
 {
     uint64_t host = e->flat_off + rel;
-    if (host >= e->file_size)
-        return 0;   /* past the end of the file: reads as zeros already */
+    if (host + len > e->file_size) {
+        /* Bytes past the end would read as missing: extend the file. */
+        if (ftruncate(e->fd, (off_t)(host + len)) < 0)
+            return img_error(img, errno, "%s: cannot extend to 0x%llx: %s", e->name,
+                             (unsigned long long)(host + len), strerror(errno));
+        uint64_t old = e->file_size;
+        e->file_size = host + len;
+        if (host >= old)
+            return 0;   /* all of it new: zeros already */
+    }
     int mode = may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
     if (fallocate(e->fd, mode, (off_t)host, (off_t)len) == 0)
         return 0;
