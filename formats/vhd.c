@@ -81,6 +81,7 @@ struct vhd {
     uint8_t *bitmaps;
     uint32_t *slot;
     size_t stride;
+    uint64_t dynhdr_offset;
     /* Write side (dynamic disks): */
     uint64_t bat_offset;
     uint64_t next_block;       /* where the next block goes: past the BAT and
@@ -330,8 +331,13 @@ static char *vhd_locator_path(struct img *img, const uint8_t *loc, uint64_t fsiz
 {
     uint32_t len = get_be32(loc + 8);
     uint64_t off = get_be64(loc + 16);
-    if (len == 0 || len > VHD_MAX_LOCATOR || off > fsize || len > fsize - off)
-        return NULL;   /* a broken locator is only one lead among several */
+    if (len == 0)
+        return NULL;   /* an empty slot */
+    if (len > VHD_MAX_LOCATOR || off > fsize || len > fsize - off) {
+        img_error(img, EINVAL, "parent locator of %u bytes at 0x%llx lies past the end of the "
+                  "file", len, (unsigned long long)off);
+        return NULL;
+    }
     uint8_t *raw = malloc(len);
     if (!raw)
         return NULL;
@@ -339,7 +345,6 @@ static char *vhd_locator_path(struct img *img, const uint8_t *loc, uint64_t fsiz
     if (img_pread(img, img->fd, raw, len, off, "parent locator") == 0)
         path = utf16_to_utf8(raw, len, false);
     free(raw);
-    img->errmsg[0] = '\0';
     if (path)
         windows_path_to_local(path, base_only);
     return path;
@@ -388,6 +393,7 @@ static int vhd_try_parent(struct img *img, const char *name, const uint8_t want_
 static int vhd_find_parent(struct img *img, const uint8_t *dh, uint64_t fsize)
 {
     char *names[3] = { NULL, NULL, NULL };
+    img->errmsg[0] = '\0';
     for (int i = 0; i < 8; i++) {
         const uint8_t *loc = dh + 576 + 24 * i;
         uint32_t code = get_be32(loc);
@@ -395,6 +401,12 @@ static int vhd_find_parent(struct img *img, const uint8_t *dh, uint64_t fsize)
             names[0] = vhd_locator_path(img, loc, fsize, false);
         else if (code == PLAT_W2KU && !names[1])
             names[1] = vhd_locator_path(img, loc, fsize, true);
+    }
+    /* A locator pointing out of the file is damage, not a missing parent. */
+    if (img->errmsg[0]) {
+        free(names[0]);
+        free(names[1]);
+        return -EINVAL;
     }
     names[2] = utf16_to_utf8(dh + 64, 512, true);
     if (names[2])
@@ -443,6 +455,7 @@ static int vhd_open_dynamic(struct img *img, struct vhd *s, const struct vhd_foo
     if (memcmp(dh, "cxsparse", 8) != 0)
         return img_error(img, EINVAL, "no \"cxsparse\" dynamic header at 0x%llx",
                          (unsigned long long)f->data_offset);
+    s->dynhdr_offset = f->data_offset;
     s->block_size = get_be32(dh + 32);
     uint32_t max_entries = get_be32(dh + 28);
     r = vhd_check_geometry(img, s, max_entries);
@@ -1039,6 +1052,97 @@ static const struct img_create_option vhd_create_options[] = {
     { NULL, NULL, NULL, NULL },
 };
 
+/* ---- check ---- */
+
+struct vhd_range {
+    uint64_t start, end;
+    uint32_t block;
+};
+
+static int by_start(const void *a, const void *b)
+{
+    const struct vhd_range *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static void vhd_report(struct img_check *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void vhd_report(struct img_check *res, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (res->report)
+        res->report(res->report_ctx, line);
+    res->corruptions++;
+}
+
+/* The metadata a block may not lie on, or NULL. */
+static const char *vhd_block_on_metadata(const struct vhd *s, uint64_t start, uint64_t end,
+                                         uint64_t fsize, bool footer_at_end)
+{
+    uint64_t bat_end = s->bat_offset + (uint64_t)s->n_bat * 4;
+    if (start < VHD_FOOTER_SIZE)
+        return "footer copy";
+    if (start < s->dynhdr_offset + VHD_DYNHDR_SIZE && end > s->dynhdr_offset)
+        return "dynamic header";
+    if (start < bat_end && end > s->bat_offset)
+        return "block allocation table";
+    if (footer_at_end && end > fsize - VHD_FOOTER_SIZE)
+        return "footer";
+    return NULL;
+}
+
+/* Every block inside the file, clear of the footers, the dynamic header,
+ * the BAT and every other block; the footer at the end in place (the copy
+ * at offset 0 is only a copy).  qemu has no check for VHD. */
+static int vhd_check(struct img *img, struct img_check *res, unsigned repair)
+{
+    struct vhd *s = img->priv;
+    if (repair)
+        return img_error(img, ENOTSUP, "repairing a vpc image is not supported");
+    int64_t fsize = img_fd_size(img->fd);
+    if (fsize < 0)
+        return img_error(img, (int)-fsize, "cannot get the size: %s", strerror((int)-fsize));
+    uint8_t tail[VHD_FOOTER_SIZE];
+    bool footer_at_end = fsize >= VHD_FOOTER_SIZE &&
+                         pread(img->fd, tail, sizeof(tail), fsize - VHD_FOOTER_SIZE) ==
+                             (ssize_t)sizeof(tail) && memcmp(tail, "conectix", 8) == 0;
+    if (!footer_at_end)
+        vhd_report(res, "ERROR the footer at the end of the file is missing");
+    if (s->type == VHD_TYPE_FIXED)
+        return 0;
+    struct vhd_range *r = malloc(((size_t)s->n_bat + 1) * sizeof(*r));
+    if (!r)
+        return img_error(img, ENOMEM, "no memory to check %u blocks", s->n_bat);
+    size_t n = 0;
+    for (uint32_t i = 0; i < s->n_bat; i++) {
+        if (s->bat[i] == VHD_BAT_UNUSED)
+            continue;
+        uint64_t start = (uint64_t)s->bat[i] * VHD_SECTOR;
+        uint64_t end = start + s->bitmap_bytes + s->block_size;
+        const char *on = vhd_block_on_metadata(s, start, end, (uint64_t)fsize, footer_at_end);
+        if (end > (uint64_t)fsize)
+            vhd_report(res, "ERROR block %u at 0x%llx lies past the end of the file", i,
+                       (unsigned long long)start);
+        else if (on)
+            vhd_report(res, "ERROR block %u at 0x%llx lies on the %s", i,
+                       (unsigned long long)start, on);
+        r[n++] = (struct vhd_range){ start, end, i };
+    }
+    qsort(r, n, sizeof(*r), by_start);
+    for (size_t i = 1; i < n; i++)
+        if (r[i].start < r[i - 1].end)
+            vhd_report(res, "ERROR blocks %u and %u overlap at 0x%llx", r[i - 1].block,
+                       r[i].block, (unsigned long long)r[i].start);
+    res->total_clusters = s->n_bat;
+    res->allocated_clusters = n;
+    free(r);
+    return 0;
+}
+
 const struct img_format img_format_vpc = {
     .name = "vpc",
     .probe = vhd_probe,
@@ -1050,4 +1154,5 @@ const struct img_format img_format_vpc = {
     .write = vhd_write,
     .write_zeroes = vhd_write_zeroes,
     .flush = vhd_flush,
+    .check = vhd_check,
 };

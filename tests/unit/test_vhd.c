@@ -628,3 +628,45 @@ Test(vhd_real, dfvfs_bad_checksum_rejected)
         cr_skip_test("no shared test data");
     texpect_refused(tpath(name), NULL, "Incorrect header checksum");
 }
+
+/* ---- check ---- */
+
+TestSuite(vhd_check, .init = tdir_make, .fini = tdir_remove);
+
+static uint64_t count_corruptions(const char *name)
+{
+    struct img *img = open_ok(name, "vpc");
+    struct img_check c = { 0 };
+    cr_assert_not_null(img->fmt->check);
+    cr_assert_eq(img->fmt->check(img, &c, 0), 0, "%s", img->errmsg);
+    img_close(img);
+    return c.corruptions;
+}
+
+Test(vhd_check, sample_is_clean)
+{
+    struct vhd_spec s = sample_spec();
+    build_dynamic(tpath("a.vhd"), &s);
+    cr_expect_eq(count_corruptions("a.vhd"), 0);
+}
+
+/* Guest blocks 0 and 1 on one slot: both read the same bytes, and a write
+ * to one changes the other. */
+Test(vhd_check, shared_block_found)
+{
+    static const int shared[6] = { 0, 0, -1, -1, 3, 2 };
+    struct vhd_spec s = sample_spec();
+    s.slots = shared;
+    build_dynamic(tpath("a.vhd"), &s);
+    cr_expect_eq(count_corruptions("a.vhd"), 1);
+}
+
+Test(vhd_check, missing_end_footer_found)
+{
+    struct vhd_spec s = sample_spec();
+    build_dynamic(tpath("a.vhd"), &s);
+    struct stat st;
+    cr_assert_eq(stat(tpath("a.vhd"), &st), 0);
+    cr_assert_eq(truncate(tpath("a.vhd"), st.st_size - 512), 0);
+    cr_expect_eq(count_corruptions("a.vhd"), 1);
+}
