@@ -199,11 +199,11 @@ def do_mount(out, mnt, pid, log, allow_outside=False):
             if allow_outside and expect_of(out, case) == "outside":
                 status, sha = ("ok" if allowed_sha != "-" else "refused"), allowed_sha
             ours[case] = (status, sha)
-    refused, seen = [], 0
+    refused, n_read = [], 0
     for case, fmt, expect, fault in manifest(out):
         if allow_outside and expect != "outside":
             continue
-        seen += 1
+        n_read += 1
         view = view_of(mnt, case)
         t0 = time.monotonic()
         state, what = read_view(view)
@@ -241,7 +241,7 @@ def do_mount(out, mnt, pid, log, allow_outside=False):
     with open(f"/proc/{pid}/status") as f:
         hwm = [ln for ln in f if ln.startswith("VmHWM:")]
     kb = int(hwm[0].split()[1]) if hwm else 0
-    print(f"note: imgfs peak resident memory {kb // 1024} MiB after {seen} images")
+    print(f"note: imgfs peak resident memory {kb // 1024} MiB after {n_read} images")
     verdict(kb < 512 * 1024, "memory-bounded", f"peak resident memory {kb // 1024} MiB")
 
 
