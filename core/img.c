@@ -228,20 +228,32 @@ static char *resolve_referenced(struct img *img, const char *name, const char *w
     return real;
 }
 
+/* Capacity doubles at each power of two: a descriptor of 10000 extent
+ * files must not cost 10000 reallocations. */
+static bool must_grow(size_t n, size_t *cap)
+{
+    if (n != 0 && (n & (n - 1)) != 0)
+        return false;
+    *cap = n ? 2 * n : 1;
+    return true;
+}
+
 static int add_companion(struct img *img, char *real, int fd)
 {
-    size_t n = img->n_companions + 1;
-    char **names = realloc(img->companions, n * sizeof(*names));
-    if (names)
-        img->companions = names;
-    int *fds = realloc(img->companion_fds, n * sizeof(*fds));
-    if (fds)
-        img->companion_fds = fds;
-    struct img_lock *locks = realloc(img->companion_locks, n * sizeof(*locks));
-    if (locks)
-        img->companion_locks = locks;
-    if (!names || !fds || !locks)
-        return -ENOMEM;
+    size_t n = img->n_companions + 1, cap;
+    if (must_grow(img->n_companions, &cap)) {
+        char **names = realloc(img->companions, cap * sizeof(*names));
+        if (names)
+            img->companions = names;
+        int *fds = realloc(img->companion_fds, cap * sizeof(*fds));
+        if (fds)
+            img->companion_fds = fds;
+        struct img_lock *locks = realloc(img->companion_locks, cap * sizeof(*locks));
+        if (locks)
+            img->companion_locks = locks;
+        if (!names || !fds || !locks)
+            return -ENOMEM;
+    }
     img->companions[n - 1] = real;
     img->companion_fds[n - 1] = fd;
     img->companion_locks[n - 1].fd = -1;
