@@ -59,6 +59,10 @@ struct img_check {
     void *report_ctx;
 };
 
+/* Hand one finding, printf-style, to res->report (when set). */
+void img_check_report(struct img_check *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 #define IMG_CHECK_REPAIR_LEAKS 1u
 #define IMG_CHECK_REPAIR_ERRORS 2u
 

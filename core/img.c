@@ -55,6 +55,18 @@ const char *img_probe_name(int fd, const char *filename)
     return f ? f->name : NULL;
 }
 
+void img_check_report(struct img_check *res, const char *fmt, ...)
+{
+    if (!res->report)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    res->report(res->report_ctx, line);
+}
+
 int img_error(struct img *img, int err, const char *fmt, ...)
 {
     char msg[IMG_ERRMSG_MAX];

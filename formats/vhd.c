@@ -1065,19 +1065,8 @@ static int by_start(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
-static void vhd_report(struct img_check *res, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void vhd_report(struct img_check *res, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (res->report)
-        res->report(res->report_ctx, line);
-    res->corruptions++;
-}
+/* One finding, counted as a corruption. */
+#define vhd_report(res, ...) (img_check_report((res), __VA_ARGS__), (res)->corruptions++)
 
 /* The metadata a block may not lie on, or NULL. */
 static const char *vhd_block_on_metadata(const struct vhd *s, uint64_t start, uint64_t end,

@@ -7,7 +7,6 @@
 #include "qcow2.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,18 +29,8 @@ struct checker {
     bool refs_full;        /* a reference lay past QCOW2_CHECK_MAX_CLUSTERS */
 };
 
-static void report(struct checker *ck, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void report(struct checker *ck, const char *fmt, ...)
-{
-    if (!ck->res->report)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    ck->res->report(ck->res->report_ctx, line);
-}
+/* A finding, as the core hands it on to imgctl. */
+#define report(ck, ...) img_check_report((ck)->res, __VA_ARGS__)
 
 static int grow_refs(struct checker *ck, uint64_t need)
 {

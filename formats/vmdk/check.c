@@ -8,7 +8,6 @@
 #include "core/bytes.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -24,16 +23,8 @@ struct checker {
     uint8_t *used;           /* one bit per sector, or NULL (bounds only) */
 };
 
-static void report(struct checker *ck, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (ck->res->report)
-        ck->res->report(ck->res->report_ctx, line);
-}
+/* A finding, as the core hands it on to imgctl. */
+#define report(ck, ...) img_check_report((ck)->res, __VA_ARGS__)
 
 /* Take [sector, sector+count) for one structure: it must lie in the file
  * and be nobody else's.  One finding per structure, however long. */
@@ -178,12 +169,9 @@ static void check_flat(struct img_check *res, const struct vmdk_extent *e, size_
 {
     if (e->file_size >= e->flat_off + e->len)
         return;
-    char line[512];
-    snprintf(line, sizeof(line), "ERROR extent %zu: %s is %llu bytes, short of the %llu its "
-             "extent ends at", index, e->name, (unsigned long long)e->file_size,
-             (unsigned long long)(e->flat_off + e->len));
-    if (res->report)
-        res->report(res->report_ctx, line);
+    img_check_report(res, "ERROR extent %zu: %s is %llu bytes, short of the %llu its extent "
+                     "ends at", index, e->name, (unsigned long long)e->file_size,
+                     (unsigned long long)(e->flat_off + e->len));
     res->corruptions++;
 }
 
