@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/bytes.h"
@@ -283,6 +284,49 @@ static int build_empty(const struct create_params *p, uint8_t *buf, char *err, s
     return 0;
 }
 
+/* Write `len` bytes at `off`; 0 or an errno. */
+static int write_at(int fd, const uint8_t *buf, size_t len, off_t off)
+{
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd, buf + done, len - done, off + (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? errno : EIO;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* An unnamed file in the folder of `path` (O_TMPFILE), linked in once it is
+ * complete; -1 where the file system has none, or `path` exists already. */
+static int open_unnamed(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) == 0 || errno != ENOENT)
+        return -1;
+    char *dir = strdup(path);
+    if (!dir)
+        return -1;
+    char *slash = strrchr(dir, '/');
+    const char *folder = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
+    int fd = open(folder, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    free(dir);
+    return fd;
+}
+
+static int link_unnamed(int fd, const char *path)
+{
+    char proc[64];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) < 0 ? errno : 0;
+}
+
+/* Header, refcount table and block appear at `path` all at once: written
+ * to an unnamed file and linked in when complete, so that a kill midway
+ * leaves no torn image, only none.  Where that cannot be (an existing file
+ * to overwrite, no O_TMPFILE), the clusters go refcount block first and
+ * header last, so that the file is no qcow2 until all three are there. */
 static int write_empty(const char *path, const struct create_params *p, char *err, size_t errlen)
 {
     size_t cs = (size_t)1 << p->cluster_bits;
@@ -290,22 +334,19 @@ static int write_empty(const char *path, const struct create_params *p, char *er
     if (!buf)
         return create_error(err, errlen, ENOMEM, "%s", "out of memory");
     int r = build_empty(p, buf, err, errlen);
-    int fd = r < 0 ? -1 : open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (r == 0 && fd < 0)
+    int fd = r < 0 ? -1 : open_unnamed(path);
+    bool unnamed = fd >= 0;
+    if (r == 0 && !unnamed && (fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
         r = create_error(err, errlen, errno, "Could not create '%s': %s", path, strerror(errno));
-    size_t done = 0;
-    while (r == 0 && done < 3 * cs) {
-        ssize_t n = pwrite(fd, buf + done, 3 * cs - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            r = create_error(err, errlen, n < 0 ? errno : EIO, "Could not write '%s': %s",
-                             path, strerror(n < 0 ? errno : EIO));
-        else
-            done += (size_t)n;
-    }
-    if (r == 0 && fdatasync(fd) < 0)
-        r = create_error(err, errlen, errno, "Could not write '%s': %s", path, strerror(errno));
+    int e = 0;
+    for (int c = 2; r == 0 && e == 0 && c >= 0; c--)
+        e = write_at(fd, buf + (size_t)c * cs, cs, (off_t)((size_t)c * cs));
+    if (r == 0 && e == 0 && fdatasync(fd) < 0)
+        e = errno;
+    if (r == 0 && e == 0 && unnamed)
+        e = link_unnamed(fd, path);
+    if (r == 0 && e)
+        r = create_error(err, errlen, e, "Could not write '%s': %s", path, strerror(e));
     if (fd >= 0)
         close(fd);
     free(buf);
