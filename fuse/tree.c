@@ -591,6 +591,20 @@ static void fill_common(struct stat *out, const struct stat *st, fuse_ino_t ino)
     out->st_mode &= ~(mode_t)0222;
 }
 
+/* A raw view: the image file's owner, mode and times; the disk's size and
+ * data bytes. */
+static void fill_view(struct stat *out, const struct stat *st, fuse_ino_t ino, uint64_t size,
+                      uint64_t data_bytes, uint32_t blksize)
+{
+    fill_common(out, st, ino);
+    out->st_mode = S_IFREG | (out->st_mode & 07555);
+    out->st_nlink = 1;
+    out->st_size = (off_t)size;
+    out->st_blocks = (blkcnt_t)((data_bytes + 511) / 512);
+    out->st_blksize = blksize;
+    out->st_rdev = 0;
+}
+
 int node_attr(struct node *n, struct stat *out)
 {
     struct stat st;
@@ -615,13 +629,7 @@ int node_attr(struct node *n, struct stat *out)
         n->attr_sig = sig;
         n->attr_valid = true;
     }
-    fill_common(out, &st, n->ino);
-    out->st_mode = S_IFREG | (out->st_mode & 07555);
-    out->st_nlink = 1;
-    out->st_size = (off_t)n->vsize;
-    out->st_blocks = (blkcnt_t)((n->data_bytes + 511) / 512);
-    out->st_blksize = n->cluster;
-    out->st_rdev = 0;
+    fill_view(out, &st, n->ino, n->vsize, n->data_bytes, n->cluster);
     pthread_mutex_unlock(&n->lock);
     return 0;
 }
@@ -711,13 +719,7 @@ int chain_attr(struct chain *c, struct stat *out)
     pthread_mutex_lock(&n->lock);
     if (!c->data_valid && img_data_bytes(c->img, &c->data_bytes) == 0)
         c->data_valid = true;
-    fill_common(out, &st, n->ino);
-    out->st_mode = S_IFREG | (out->st_mode & 07555);
-    out->st_nlink = 1;
-    out->st_size = (off_t)c->img->size;
-    out->st_blocks = (blkcnt_t)((c->data_bytes + 511) / 512);
-    out->st_blksize = c->img->cluster_size;
-    out->st_rdev = 0;
+    fill_view(out, &st, n->ino, c->img->size, c->data_bytes, c->img->cluster_size);
     pthread_mutex_unlock(&n->lock);
     return 0;
 }
