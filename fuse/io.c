@@ -282,6 +282,8 @@ static int pipe_put_host(struct thread_pipe *tp, const struct fuse_buf *b)
         ssize_t n = splice(b->fd, &pos, tp->fd[1], NULL, left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && errno == EAGAIN)
+            return -EAGAIN;   /* the pipe is full: not the image's fault */
         if (n <= 0)
             return host_read_failed(b, n == 0 ? 0 : errno);
         left -= (size_t)n;
@@ -297,7 +299,7 @@ static int pipe_put_mem(struct thread_pipe *tp, const struct fuse_buf *b)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return -EIO;   /* the pipe is full: sized wrong, not the image's fault */
+            return -EAGAIN;   /* the pipe is full: not the image's fault */
         p += n;
         left -= (size_t)n;
     }
@@ -312,7 +314,9 @@ static size_t pipe_need(size_t total, size_t nbufs)
     return total + (2 * nbufs + 1) * page;
 }
 
-/* Send the reply through this thread's pipe; 1 = no pipe to be had. */
+/* Send the reply through this thread's pipe; 1 = no pipe to be had, or
+ * one too small (unprivileged, the pipe size limit is 1 MiB: libfuse then
+ * copies too). */
 static int reply_by_pipe(fuse_req_t req, const struct reply *rp, size_t total)
 {
     struct thread_pipe *tp = thread_pipe(pipe_need(total, rp->v->count));
@@ -325,6 +329,8 @@ static int reply_by_pipe(fuse_req_t req, const struct reply *rp, size_t total)
     }
     if (r < 0) {
         pipe_discard(tp);
+        if (r == -EAGAIN)
+            return 1;   /* more pieces than the pipe holds: copy instead */
         fuse_reply_err(req, -r);
         return 0;
     }
